@@ -1,0 +1,132 @@
+"""SetBatch: the one packed batch type every layer speaks.
+
+Packed, not padded: the sets of a batch are concatenated along the element axis,
+so no compute is spent on padding. Built by the data layer from Arrow list
+offsets, eaten by the encoders, and built again by serving from a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class SetBatch:
+    """B sets holding E elements in all, each element with F features."""
+
+    values: torch.Tensor
+    """float32 [E, F]: every element of every set, set after set (data layer)."""
+    offsets: torch.Tensor
+    """int64 [B+1]: set b owns ``values[offsets[b]:offsets[b+1]]``; offsets[0] == 0."""
+    context: torch.Tensor | None = None
+    """float32 [B, C]: set-level features (``data.context`` columns), or None."""
+    targets: torch.Tensor | None = None
+    """[B] set-level labels: int64 class ids (classify) or float32 values (regress)."""
+    element_targets: torch.Tensor | None = None
+    """float32 [E] per-element labels (rank: the relevance of each element)."""
+
+    @property
+    def num_sets(self) -> int:
+        return self.offsets.numel() - 1
+
+    @property
+    def num_elements(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def num_features(self) -> int:
+        return self.values.shape[1]
+
+    def sizes(self) -> torch.Tensor:
+        """int64 [B]: elements per set."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def set_index(self) -> torch.Tensor:
+        """int64 [E]: the set each element belongs to."""
+        return torch.repeat_interleave(
+            torch.arange(self.num_sets, device=self.offsets.device), self.sizes()
+        )
+
+    def padded(self, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded view for attention layers: x [B, N, F] and mask [B, N] (True = element).
+
+        N is the largest set, or ``pad_to`` when given (must be at least that).
+        """
+        sizes = self.sizes()
+        n = int(sizes.max()) if self.num_sets else 0
+        if pad_to is not None:
+            if pad_to < n:
+                raise ValueError(f"pad_to={pad_to} is smaller than the largest set ({n})")
+            n = pad_to
+        set_index = self.set_index()
+        pos = torch.arange(self.num_elements, device=self.values.device) - self.offsets[set_index]
+        x = self.values.new_zeros(self.num_sets, n, self.num_features)
+        mask = torch.zeros(self.num_sets, n, dtype=torch.bool, device=self.values.device)
+        x[set_index, pos] = self.values
+        mask[set_index, pos] = True
+        return x, mask
+
+    def chunks(self, budget: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Element-budget chunks ``(values [e, F], set_index [e])``, each of at most ``budget``.
+
+        A chunk may cut through a set; an MBC encoder's ``update`` merges the pieces.
+        """
+        if budget < 1:
+            raise ValueError(f"chunk budget must be >= 1, got {budget}")
+        set_index = self.set_index()
+        for start in range(0, self.num_elements, budget):
+            stop = min(start + budget, self.num_elements)
+            yield self.values[start:stop], set_index[start:stop]
+
+    def select(self, sets: torch.Tensor | list[int]) -> SetBatch:
+        """A new batch holding only the given sets, in the given order."""
+        idx = torch.as_tensor(sets, dtype=torch.long, device=self.offsets.device)
+        sizes = self.sizes()[idx]
+        offsets = torch.zeros(idx.numel() + 1, dtype=torch.long, device=self.offsets.device)
+        offsets[1:] = torch.cumsum(sizes, 0)
+        starts = self.offsets[idx]
+        elem = torch.repeat_interleave(starts - offsets[:-1], sizes) + torch.arange(
+            int(offsets[-1]), device=self.offsets.device
+        )
+        return SetBatch(
+            values=self.values[elem],
+            offsets=offsets,
+            context=None if self.context is None else self.context[idx],
+            targets=None if self.targets is None else self.targets[idx],
+            element_targets=None if self.element_targets is None else self.element_targets[elem],
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SetBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return replace(
+            self,
+            values=move(self.values),
+            offsets=move(self.offsets),
+            context=move(self.context),
+            targets=move(self.targets),
+            element_targets=move(self.element_targets),
+        )
+
+    @staticmethod
+    def from_sets(
+        sets: list[torch.Tensor],
+        context: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        element_targets: torch.Tensor | None = None,
+    ) -> SetBatch:
+        """Pack a list of [n_i, F] tensors (tests and serving; the data layer packs from Arrow)."""
+        sizes = torch.tensor([s.shape[0] for s in sets], dtype=torch.long)
+        offsets = torch.zeros(len(sets) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(sizes, 0)
+        return SetBatch(
+            values=torch.cat(sets, 0),
+            offsets=offsets,
+            context=context,
+            targets=targets,
+            element_targets=element_targets,
+        )

@@ -1,0 +1,589 @@
+"""The job: pydantic models for a complete setpipe training job, validated once at load.
+
+Every model forbids unknown keys and every field carries a description (it becomes
+the JSON Schema in ``schemas/job.schema.json`` that editors complete against).
+Cross-field rules live beside the fields they join.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class StrictModel(BaseModel):
+    """Base of every job model: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- data
+
+Source = Annotated[
+    str | list[str],
+    Field(
+        description="A Parquet file, a glob, a directory, or an s3:// / gs:// URI; or a list of them."
+    ),
+]
+
+
+class ParallelLists(StrictModel):
+    """One list column per element feature, equal lengths within a row (awkward/HEP style)."""
+
+    layout: Literal["parallel"] = Field(description="Parallel list columns, one per feature.")
+    columns: list[str] = Field(
+        min_length=1, description="The list<float|int> columns, one per element feature."
+    )
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.columns)
+
+
+class StructList(StrictModel):
+    """One list<struct<...>> column whose struct fields are the element features."""
+
+    layout: Literal["struct"] = Field(description="One list<struct> column with named fields.")
+    column: str = Field(description="The list<struct<...>> column.")
+    fields: list[str] = Field(min_length=1, description="The struct fields used as features.")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.fields)
+
+
+class VectorList(StrictModel):
+    """One list<list<float>> or list<fixed_size_list<float, D>> column (points, embeddings)."""
+
+    layout: Literal["vectors"] = Field(description="One list-of-vectors column.")
+    column: str = Field(description="The list<list<float>> or list<fixed_size_list> column.")
+    dim: PositiveInt = Field(description="The length D of every element vector.")
+    names: list[str] | None = Field(
+        default=None,
+        description="Optional names for the D components (default: <column>_0 ... <column>_{D-1}).",
+    )
+
+    @model_validator(mode="after")
+    def _names_match_dim(self) -> VectorList:
+        if self.names is not None and len(self.names) != self.dim:
+            raise ValueError(
+                f"names has {len(self.names)} entries but dim is {self.dim}; give one name per "
+                "component or leave names out"
+            )
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.names) if self.names else [f"{self.column}_{i}" for i in range(self.dim)]
+
+
+ElementLayout = Annotated[
+    ParallelLists | StructList | VectorList,
+    Field(discriminator="layout", description="How the elements of a set are stored in a row."),
+]
+
+
+class LogOp(StrictModel):
+    op: Literal["log", "log1p"] = Field(description="Natural log, or log(1 + x).")
+    eps: float = Field(default=0.0, ge=0.0, description="Added before the log (guards log(0)).")
+
+
+class ClipOp(StrictModel):
+    op: Literal["clip"] = Field(description="Clip to [min, max].")
+    min: float | None = Field(default=None, description="Lower bound, or none.")
+    max: float | None = Field(default=None, description="Upper bound, or none.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClipOp:
+        if self.min is None and self.max is None:
+            raise ValueError("clip needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"clip min {self.min} is greater than max {self.max}")
+        return self
+
+
+class StandardizeOp(StrictModel):
+    op: Literal["standardize"] = Field(
+        description="(x - mean) / std, both fitted in one streaming pass over the training data."
+    )
+
+
+class CenterOp(StrictModel):
+    op: Literal["center"] = Field(
+        description="x minus the set's (weighted) mean of x: jet centring in rapidity and phi."
+    )
+    weight: str | None = Field(
+        default=None, description="Element column used as weight (e.g. part_pt); none = plain mean."
+    )
+    periodic: bool = Field(
+        default=False, description="Treat x as an angle in (-pi, pi]: wrap before and after."
+    )
+
+
+class FractionOp(StrictModel):
+    op: Literal["fraction"] = Field(description="x divided by the set's sum of x (pT fraction).")
+
+
+class AbsOp(StrictModel):
+    op: Literal["abs"] = Field(description="Absolute value.")
+
+
+class IsInOp(StrictModel):
+    op: Literal["isin"] = Field(description="1.0 where x is one of values, else 0.0 (type flags).")
+    values: list[float] = Field(min_length=1, description="The values that map to 1.0.")
+
+
+TransformOp = Annotated[
+    LogOp | ClipOp | StandardizeOp | CenterOp | FractionOp | AbsOp | IsInOp,
+    Field(discriminator="op"),
+]
+
+
+class FeatureSpec(StrictModel):
+    """One model input feature: an element column passed through a chain of transforms."""
+
+    name: str = Field(description="Name of the feature as the model sees it.")
+    source: str = Field(description="The element feature it is computed from.")
+    ops: list[TransformOp] = Field(
+        default_factory=list, description="Transforms applied in order (empty: passed through)."
+    )
+
+
+class SplitSpec(StrictModel):
+    """Split one source into train/validation/test by a stable hash of a key column."""
+
+    key: str = Field(description="Set-level column hashed to assign each row to a split.")
+    validation: float = Field(default=0.1, ge=0.0, lt=1.0, description="Fraction for validation.")
+    test: float = Field(default=0.0, ge=0.0, lt=1.0, description="Fraction for test.")
+
+    @model_validator(mode="after")
+    def _leaves_training(self) -> SplitSpec:
+        if self.validation + self.test >= 1.0:
+            raise ValueError(
+                f"validation + test = {self.validation + self.test:g} leaves nothing to train on; "
+                "keep the sum below 1"
+            )
+        return self
+
+
+class BatchSpec(StrictModel):
+    element_budget: PositiveInt = Field(
+        default=16384,
+        description="A batch closes when the next set would exceed this many elements; a larger "
+        "set passes alone and is chunked by the encoder.",
+    )
+    max_set_size: PositiveInt | None = Field(
+        default=None, description="Sets with more elements are bad rows (see on_bad_row)."
+    )
+    bucket_by_size: bool = Field(
+        default=False, description="Group sets of similar size (less padding for attention models)."
+    )
+
+
+class ShuffleSpec(StrictModel):
+    files: bool = Field(default=True, description="Shuffle the order of files each epoch.")
+    buffer_sets: int = Field(
+        default=10000, ge=0, description="Local shuffle buffer in sets (0 = no local shuffle)."
+    )
+    seed: int = Field(default=0, description="Seed for file order and the buffer.")
+
+
+class DataSpec(StrictModel):
+    """Where the sets are and how a row maps to one set."""
+
+    train: Source
+    validation: Source | None = Field(default=None, description="Validation sets (or use split).")
+    test: Source | None = Field(default=None, description="Held-out test sets (or use split).")
+    split: SplitSpec | None = Field(
+        default=None, description="Derive validation/test from train by a stable key hash."
+    )
+    elements: ElementLayout
+    features: list[FeatureSpec] | None = Field(
+        default=None,
+        description="Model input features built from the element features; default: each element "
+        "feature as it is.",
+    )
+    context: list[str] = Field(
+        default_factory=list, description="Set-level numeric columns fed to the model (jet_pt)."
+    )
+    label: str | None = Field(default=None, description="Set-level label column.")
+    element_label: str | None = Field(
+        default=None, description="Per-element label list column (relevance, for rank)."
+    )
+    key: str | None = Field(
+        default=None, description="Row key column kept beside predictions (query id, event id)."
+    )
+    batch: BatchSpec = Field(default_factory=BatchSpec, description="Batching by element budget.")
+    shuffle: ShuffleSpec = Field(default_factory=ShuffleSpec, description="Shuffling.")
+    on_bad_row: Literal["error", "skip"] = Field(
+        default="error",
+        description="NaN/inf, empty sets, unequal parallel lists, oversized sets: stop with an "
+        "error naming the row, or skip the row and count it.",
+    )
+
+    @model_validator(mode="after")
+    def _split_or_sources(self) -> DataSpec:
+        if self.split is not None and (self.validation is not None or self.test is not None):
+            raise ValueError(
+                "give either split or validation/test sources, not both: split derives them from "
+                "train"
+            )
+        element_features = set(self.elements.feature_names)
+        for feature in self.features or []:
+            if feature.source not in element_features:
+                raise ValueError(
+                    f"feature {feature.name!r} has source {feature.source!r}, which is not an "
+                    f"element feature; expected one of {sorted(element_features)}"
+                )
+            for op in feature.ops:
+                if isinstance(op, CenterOp) and op.weight and op.weight not in element_features:
+                    raise ValueError(
+                        f"feature {feature.name!r}: center weight {op.weight!r} is not an element "
+                        f"feature; expected one of {sorted(element_features)}"
+                    )
+        names = [f.name for f in self.features or []]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"feature names must be unique; repeated: {', '.join(duplicated)}")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The model's input features, in order."""
+        if self.features is None:
+            return self.elements.feature_names
+        return [f.name for f in self.features]
+
+
+# --------------------------------------------------------------------------- model
+
+
+class DeepSetsSpec(StrictModel):
+    """DeepSets / Particle Flow Network: rho(pool(phi(x_i)))."""
+
+    kind: Literal["deepsets"] = Field(description="DeepSets / PFN.")
+    phi: list[PositiveInt] = Field(
+        default=[128, 128, 128], min_length=1, description="Widths of the per-element MLP phi."
+    )
+    pooling: Literal["sum", "mean", "max"] = Field(default="sum", description="Set pooling.")
+    rho: list[PositiveInt] = Field(
+        default=[128, 128], description="Widths of the MLP rho after pooling."
+    )
+
+
+class SetTransformerHeadSpec(StrictModel):
+    kind: Literal["set_transformer"] = Field(description="SAB layers over the slots, then PMA.")
+    sab_layers: int = Field(default=1, ge=0, description="Self-attention blocks over the slots.")
+    pma_seeds: PositiveInt = Field(default=1, description="PMA seed vectors (outputs).")
+
+
+class MLPHeadSpec(StrictModel):
+    kind: Literal["mlp"] = Field(description="Flatten the K slots and apply an MLP.")
+
+
+SlotHeadSpec = Annotated[MLPHeadSpec | SetTransformerHeadSpec, Field(discriminator="kind")]
+
+
+class UMBCSpec(StrictModel):
+    """Universal MBC slot set encoder (Willette et al., ICML 2023)."""
+
+    kind: Literal["umbc"] = Field(description="UMBC slot set encoder.")
+    embed: list[PositiveInt] = Field(
+        default=[128, 128], min_length=1, description="Widths of the row-wise element MLP."
+    )
+    slots: PositiveInt = Field(default=32, description="K learned slots.")
+    heads: PositiveInt = Field(default=4, description="Attention heads H.")
+    dim: PositiveInt = Field(default=128, description="Slot dimension (a multiple of heads).")
+    attention: Literal["slot_sigmoid", "sigmoid", "slot_softmax", "set_softmax"] = Field(
+        default="slot_sigmoid",
+        description="Per-element normalisation: slot_sigmoid, sigmoid, softmax over slots, or the "
+        "exact softmax over the set (log-sum-exp state).",
+    )
+    random_slots: bool = Field(
+        default=False, description="Draw slots from a learned Gaussian once per set."
+    )
+    slot_residual: bool = Field(default=True, description="Add the slot to its attended value.")
+    slot_head: SlotHeadSpec = Field(
+        default_factory=lambda: SetTransformerHeadSpec(kind="set_transformer"),
+        description="Any function of the K slot vectors after finalize.",
+    )
+
+    @model_validator(mode="after")
+    def _dim_divides(self) -> UMBCSpec:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        return self
+
+
+class SetTransformerSpec(StrictModel):
+    """Set Transformer (Lee et al. 2019) on the padded view; not mini-batch consistent."""
+
+    kind: Literal["set_transformer"] = Field(description="Set Transformer (SAB/ISAB + PMA).")
+    dim: PositiveInt = Field(default=128, description="Model width (a multiple of heads).")
+    heads: PositiveInt = Field(default=4, description="Attention heads.")
+    layers: PositiveInt = Field(default=2, description="SAB or ISAB blocks in the encoder.")
+    inducing_points: PositiveInt | None = Field(
+        default=None, description="Use ISAB with this many inducing points (large sets)."
+    )
+    pma_seeds: PositiveInt = Field(default=1, description="PMA seed vectors.")
+
+    @model_validator(mode="after")
+    def _dim_divides(self) -> SetTransformerSpec:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        return self
+
+
+EncoderSpec = Annotated[
+    DeepSetsSpec | UMBCSpec | SetTransformerSpec,
+    Field(discriminator="kind", description="The set encoder."),
+]
+
+
+class HeadSpec(StrictModel):
+    hidden: list[PositiveInt] = Field(default=[64], description="Hidden widths of the task head.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout in the head.")
+
+
+class ModelSpec(StrictModel):
+    encoder: EncoderSpec
+    head: HeadSpec = Field(default_factory=HeadSpec, description="The task head.")
+    task: Literal["classify", "regress", "rank"] = Field(
+        description="classify (set label, num_classes), regress (set value), or rank elements."
+    )
+    num_classes: int | None = Field(default=None, ge=2, description="Classes, for classify.")
+
+    @model_validator(mode="after")
+    def _classes_for_classify(self) -> ModelSpec:
+        if self.task == "classify" and self.num_classes is None:
+            raise ValueError("task classify needs num_classes (2 or more)")
+        if self.task != "classify" and self.num_classes is not None:
+            raise ValueError(f"num_classes is only for task classify, not {self.task}")
+        return self
+
+
+# --------------------------------------------------------------------------- train
+
+
+class OptimizerSpec(StrictModel):
+    name: Literal["adamw", "adam", "sgd"] = Field(default="adamw", description="Optimizer.")
+    lr: float = Field(default=1e-3, gt=0.0, description="Peak learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="Decoupled weight decay.")
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="Momentum, for sgd.")
+
+
+class LRScheduleSpec(StrictModel):
+    kind: Literal["constant", "cosine", "linear"] = Field(
+        default="cosine", description="Decay after warmup."
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup from 0, in steps.")
+    min_lr_ratio: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Final lr as a fraction of the peak."
+    )
+
+
+class CheckpointSpec(StrictModel):
+    every_epochs: PositiveInt = Field(default=1, description="Checkpoint every N epochs.")
+    keep: PositiveInt = Field(default=2, description="Checkpoints kept (the best is kept too).")
+
+
+class EarlyStoppingSpec(StrictModel):
+    metric: str = Field(default="val_loss", description="Validation metric watched.")
+    direction: Literal["minimize", "maximize"] = Field(default="minimize", description="Better.")
+    patience: PositiveInt = Field(default=3, description="Epochs without improvement.")
+    min_delta: float = Field(default=0.0, ge=0.0, description="Smallest change that counts.")
+
+
+class TrainSpec(StrictModel):
+    epochs: PositiveInt = Field(default=10, description="Passes over the training data.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
+    lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec, description="LR schedule.")
+    grad_clip: float | None = Field(
+        default=1.0, gt=0.0, description="Clip the global gradient norm (none = off)."
+    )
+    grad_element_budget: PositiveInt | None = Field(
+        default=None,
+        description="Backpropagate through at most this many elements per set, the rest under "
+        "no_grad, with an unbiased n/M-scaled gradient (none = full backprop).",
+    )
+    chunk_size: PositiveInt = Field(
+        default=4096, description="Elements per encoder update (constant memory on huge sets)."
+    )
+    workers: int = Field(
+        default=1, ge=0, description="Ray Train workers (0 = in the driver process)."
+    )
+    use_gpu: bool = Field(default=False, description="One GPU per worker, NCCL, AMP.")
+    amp: bool = Field(default=True, description="bf16/fp16 autocast on GPU (state stays fp32).")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Ray resources per worker, e.g. {CPU: 4}."
+    )
+    max_failures: int = Field(default=0, ge=-1, description="Restarts on worker failure (-1 = ∞).")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None, description="Stop when validation stops improving."
+    )
+    seed: int = Field(default=0, description="Seed for weights, sampling and data order.")
+
+    @model_validator(mode="after")
+    def _budget_fits_chunk(self) -> TrainSpec:
+        if self.grad_element_budget is not None and self.grad_element_budget > self.chunk_size:
+            raise ValueError(
+                f"grad_element_budget {self.grad_element_budget} exceeds chunk_size "
+                f"{self.chunk_size}; the gradient subset must fit in one chunk"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- tracking
+
+
+class TrackingSpec(StrictModel):
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in workdir).",
+    )
+    experiment: str | None = Field(default=None, description="Experiment (default: job name).")
+    model_name: str | None = Field(
+        default=None, description="Registered model name (default: job name)."
+    )
+    alias: str = Field(
+        default="champion", pattern=r"^[a-z][a-z0-9_-]*$", description="Alias moved by the gate."
+    )
+    metric: str | None = Field(
+        default=None,
+        description="Validation metric the gate compares (default by task: val_auc, val_rmse, "
+        "val_ndcg).",
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        default=None, description="Whether a larger metric is better (default by task)."
+    )
+
+
+# --------------------------------------------------------------------------- schedule
+
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+class ScheduleSpec(StrictModel):
+    cron: str = Field(description="Five-field cron expression, e.g. '0 3 * * *'.")
+    timezone: str = Field(default="UTC", description="IANA timezone the cron is read in.")
+    on_new_data: bool = Field(
+        default=False, description="Retrain only if the training files changed since last run."
+    )
+    concurrency: Literal["forbid", "replace", "allow"] = Field(
+        default="forbid",
+        description="A due run while the last one is still going: skip it, stop the old, or both.",
+    )
+    catchup: Literal["none", "latest", "all"] = Field(
+        default="latest", description="Missed times after downtime: none, the latest one, or all."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError(
+                "expected five fields 'minute hour day-of-month month day-of-week', "
+                "e.g. '0 3 * * *'"
+            )
+        if not croniter.is_valid(value):
+            raise ValueError("not a valid cron expression; e.g. '0 3 * * *' is 03:00 every day")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA timezone; e.g. UTC or Europe/Zurich") from None
+        return value
+
+
+class ClusterSpec(StrictModel):
+    address: str | None = Field(
+        default=None,
+        description="Ray address (ray://, http://head:8265 for jobs, or auto); none = local Ray.",
+    )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="Ray runtime_env for the job (pip, env_vars, ...)."
+    )
+
+
+# --------------------------------------------------------------------------- job
+
+TASK_DEFAULT_METRIC = {
+    "classify": ("val_auc", "maximize"),
+    "regress": ("val_rmse", "minimize"),
+    "rank": ("val_ndcg", "maximize"),
+}
+
+
+class JobSpec(StrictModel):
+    """A complete setpipe training job."""
+
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="Job name: lower-case letters, digits, '-' and '_'; names runs and models.",
+    )
+    workdir: str = Field(default=".setpipe", description="Where everything a run writes lives.")
+    data: DataSpec = Field(description="Data sources and layout.")
+    model: ModelSpec = Field(description="Encoder, head and task.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow.")
+    schedule: ScheduleSpec | None = Field(default=None, description="Retraining schedule.")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Ray cluster.")
+
+    @model_validator(mode="after")
+    def _labels_fit_task(self) -> JobSpec:
+        task, data = self.model.task, self.data
+        if task == "rank":
+            if data.element_label is None:
+                raise ValueError(
+                    "task rank needs data.element_label (a per-element relevance list column)"
+                )
+            if data.label is not None:
+                raise ValueError(
+                    "task rank scores elements: remove data.label (a set-level label) and keep "
+                    "data.element_label"
+                )
+        else:
+            if data.label is None:
+                raise ValueError(f"task {task} needs data.label (a set-level label column)")
+            if data.element_label is not None:
+                raise ValueError(
+                    f"data.element_label is only for task rank, not {task}; remove it"
+                )
+        if (
+            self.model.encoder.kind == "set_transformer"
+            and self.train.grad_element_budget is not None
+        ):
+            raise ValueError(
+                "train.grad_element_budget needs a mini-batch consistent encoder (deepsets, umbc); "
+                "set_transformer sees whole sets"
+            )
+        if self.train.use_gpu is False and self.train.resources_per_worker.get("GPU", 0) > 0:
+            raise ValueError("train.resources_per_worker asks for GPU but train.use_gpu is false")
+        return self
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def model_name(self) -> str:
+        return self.tracking.model_name or self.name
+
+    @property
+    def promotion(self) -> tuple[str, Literal["maximize", "minimize"]]:
+        """(metric, direction) the registry gate compares."""
+        metric, direction = TASK_DEFAULT_METRIC[self.model.task]
+        return self.tracking.metric or metric, self.tracking.direction or direction  # type: ignore[return-value]
