@@ -1,0 +1,5 @@
+import sys
+
+from setpipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""The setpipe command line: thin; each command lives in ``setpipe/commands/<name>.py``.
+
+A command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``, and imports heavy libraries (ray, torch, mlflow) inside
+``run`` so that ``setpipe --help`` and ``setpipe validate`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from setpipe import __version__
+from setpipe.errors import SetpipeError
+
+COMMANDS = (
+    "validate",
+    "schema",
+    "datagen",
+    "inspect",
+    "run",
+    "serve",
+    "predict",
+    "submit",
+    "jobs",
+    "schedule",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="setpipe",
+        description="Train, track and serve mini-batch consistent set encoders on Ray.",
+    )
+    parser.add_argument("--version", action="version", version=f"setpipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"setpipe.commands.{name}")
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except SetpipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
