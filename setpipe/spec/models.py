@@ -27,7 +27,7 @@ class StrictModel(BaseModel):
 Source = Annotated[
     str | list[str],
     Field(
-        description="A Parquet file, a glob, a directory, or an s3:// / gs:// URI; or a list of them."
+        description="A Parquet file, a glob, a directory, or an s3:// / gs:// URI; or a list."
     ),
 ]
 
@@ -559,9 +559,7 @@ class JobSpec(StrictModel):
             if data.label is None:
                 raise ValueError(f"task {task} needs data.label (a set-level label column)")
             if data.element_label is not None:
-                raise ValueError(
-                    f"data.element_label is only for task rank, not {task}; remove it"
-                )
+                raise ValueError(f"data.element_label is only for task rank, not {task}; remove it")
         if (
             self.model.encoder.kind == "set_transformer"
             and self.train.grad_element_budget is not None
