@@ -1,0 +1,68 @@
+"""build_model: a ModelSpec (validated at load) and the data's widths -> a SetModel."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from setpipe.errors import ModelError
+from setpipe.models.deepsets import DeepSets
+from setpipe.models.heads import ClassifyHead, RankHead, RegressHead
+from setpipe.models.set_model import SetModel
+from setpipe.models.set_transformer import SetTransformerEncoder
+from setpipe.models.umbc import UMBC
+from setpipe.spec.models import DeepSetsSpec, ModelSpec, UMBCSpec
+
+
+def build_model(spec: ModelSpec, num_features: int, num_context: int = 0) -> SetModel:
+    """The model a job describes, for ``num_features`` element and ``num_context`` set features.
+
+    The context joins the encoder's output (DeepSets: before rho) so every head sees it.
+    """
+    if num_features < 1:
+        raise ModelError(
+            f"the model needs at least one element feature, got num_features={num_features}: "
+            "check data.elements / data.features"
+        )
+    if num_context < 0:
+        raise ModelError(f"num_context must be >= 0, got {num_context}")
+    enc = spec.encoder
+    encoder: nn.Module
+    if isinstance(enc, DeepSetsSpec):
+        encoder = DeepSets(num_features, enc.phi, enc.rho, enc.pooling, num_context)
+    elif isinstance(enc, UMBCSpec):
+        head = enc.slot_head
+        encoder = UMBC(
+            num_features,
+            enc.embed,
+            enc.slots,
+            enc.heads,
+            enc.dim,
+            attention=enc.attention,
+            random_slots=enc.random_slots,
+            slot_residual=enc.slot_residual,
+            slot_head=head.kind,
+            sab_layers=getattr(head, "sab_layers", 0),
+            pma_seeds=getattr(head, "pma_seeds", 1),
+            num_context=num_context,
+        )
+    else:
+        encoder = SetTransformerEncoder(
+            num_features,
+            enc.dim,
+            enc.heads,
+            enc.layers,
+            enc.pma_seeds,
+            enc.inducing_points,
+            num_context,
+        )
+    out_dim: int = encoder.out_dim  # type: ignore[assignment]
+    hidden, dropout = spec.head.hidden, spec.head.dropout
+    task_head: nn.Module
+    if spec.task == "classify":
+        assert spec.num_classes is not None  # ModelSpec's validator guarantees it
+        task_head = ClassifyHead(out_dim, hidden, spec.num_classes, dropout)
+    elif spec.task == "regress":
+        task_head = RegressHead(out_dim, hidden, dropout)
+    else:
+        task_head = RankHead(num_features, out_dim, hidden, dropout)
+    return SetModel(encoder, task_head, spec.task)

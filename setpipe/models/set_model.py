@@ -1,0 +1,163 @@
+"""SetModel: a set encoder and a task head, with whole, chunked, streamed and estimated passes.
+
+Outputs (every pass): classify -> logits [B, C]; regress -> values [B]; rank -> element
+scores [E] (score_i = g(x_i, ctx[set_index_i]); ctx is the finalized set embedding, so
+rank takes two passes over the chunks: encode, then score).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+
+from setpipe.data.batch import SetBatch
+from setpipe.errors import ModelError
+from setpipe.models.estimator import chunk_ranges, estimated_forward, sample_subsets
+from setpipe.models.protocol import MBCEncoder, state_dtype
+
+Task = Literal["classify", "regress", "rank"]
+
+
+class SetModel(nn.Module):
+    def __init__(self, encoder: nn.Module, head: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.task: Task = task
+
+    @property
+    def is_mbc(self) -> bool:
+        """True when the encoder is mini-batch consistent (chunking and the estimator apply)."""
+        return isinstance(self.encoder, MBCEncoder)
+
+    # ------------------------------------------------------------------ whole batch
+
+    def forward(
+        self,
+        batch: SetBatch,
+        *,
+        grad_budget: int | None = None,
+        chunk_size: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The outputs on ``batch``; with ``grad_budget``, the estimated-gradient pass.
+
+        The estimator is reachable through ``forward`` so that a DDP-wrapped model runs it
+        through DDP's own forward: ``ddp(batch, grad_budget=M, chunk_size=c, generator=g)``.
+        ``generator`` draws the per-set random slots (and the subsets).
+        """
+        if grad_budget is not None:
+            return self.forward_estimated(batch, grad_budget, chunk_size or 4096, generator)
+        return self.outputs(batch, self.encoder(batch, generator))
+
+    def outputs(self, batch: SetBatch, embedding: torch.Tensor) -> torch.Tensor:
+        """The task outputs from set embeddings [B, H] (rank scores every element of ``batch``)."""
+        if self.task == "rank":
+            return self.head(batch.values, batch.set_index(), embedding)
+        return self.head(embedding)
+
+    def forward_estimated(
+        self,
+        batch: SetBatch,
+        grad_budget: int,
+        chunk_size: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Same outputs as ``forward``; the gradient is the unbiased n/M estimate from at most
+        ``grad_budget`` elements per set (see setpipe/models/estimator.py)."""
+        if not self.is_mbc:
+            raise ModelError(
+                "the gradient estimator (train.grad_element_budget) needs a mini-batch "
+                "consistent encoder (deepsets, umbc); set_transformer sees whole sets"
+            )
+        subsets = sample_subsets(batch, grad_budget, generator, scoring=self.task == "rank")
+        return estimated_forward(self, batch, subsets, chunk_size, generator)
+
+    # ------------------------------------------------------------------ constant memory
+
+    def embed_chunked(self, batch: SetBatch, chunk_size: int) -> torch.Tensor:
+        """Set embeddings [B, H] folding ``chunk_size`` elements at a time (MBC encoders)."""
+        if not self.is_mbc:
+            return self.encoder(batch)
+        enc: MBCEncoder = self.encoder  # type: ignore[assignment]
+        chunks = ((v, s) for _, _, v, s in chunk_ranges(batch, chunk_size))
+        return enc.encode_chunks(
+            chunks,
+            batch.num_sets,
+            device=batch.values.device,
+            dtype=state_dtype(batch.values.dtype),
+            context=batch.context,
+        )
+
+    def predict_chunked(self, batch: SetBatch, chunk_size: int) -> torch.Tensor:
+        """Same outputs as ``forward``, in memory constant in the set size (MBC encoders; the
+        Set Transformer falls back to the whole batch). Rank: encode pass, then score pass."""
+        embedding = self.embed_chunked(batch, chunk_size)
+        if self.task != "rank":
+            return self.head(embedding)
+        if not self.is_mbc:
+            return self.outputs(batch, embedding)
+        return torch.cat(
+            [self.head(v, s, embedding) for _, _, v, s in chunk_ranges(batch, chunk_size)]
+        )
+
+    def encode_stream(
+        self, chunks: Iterable[torch.Tensor], context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The embedding [H] of ONE set given as a stream of element chunks [e_i, F].
+
+        Memory is one chunk plus the state, whatever the set size (serving huge sets).
+        ``context`` is the set's context features [C] (when the model was built with them).
+        """
+        if not self.is_mbc:
+            raise ModelError(
+                "encode_stream needs a mini-batch consistent encoder (deepsets, umbc); a "
+                "set_transformer model needs the whole set: use forward or predict_chunked"
+            )
+        enc: MBCEncoder = self.encoder  # type: ignore[assignment]
+        state: dict[str, torch.Tensor] | None = None
+        for chunk in chunks:
+            if state is None:
+                state = enc.init_state(1, chunk.device, state_dtype(chunk.dtype))
+            index = torch.zeros(chunk.shape[0], dtype=torch.long, device=chunk.device)
+            state = enc.update(state, chunk, index)
+        if state is None:
+            param = next(self.parameters())
+            state = enc.init_state(1, param.device, state_dtype(param.dtype))
+        ctx = None if context is None else context.reshape(1, -1)
+        return enc.finalize(state, ctx)[0]
+
+    def predict_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        """classify/regress outputs from embeddings [B, H] (or one embedding [H] -> [C] / [])."""
+        if self.task == "rank":
+            raise ModelError("rank scores elements: use score_elements(values, embedding)")
+        single = embedding.dim() == 1
+        out = self.head(embedding[None] if single else embedding)
+        return out[0] if single else out
+
+    def score_elements(
+        self,
+        values: torch.Tensor,
+        embedding: torch.Tensor,
+        set_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Rank scores [e] of elements ``values [e, F]``; ``embedding`` is one set's [H]
+        (then ``set_index`` is omitted) or [B, H] with ``set_index [e]``."""
+        if self.task != "rank":
+            raise ModelError(f"score_elements is for task rank; this model's task is {self.task}")
+        if embedding.dim() == 1:
+            embedding = embedding[None]
+            set_index = torch.zeros(values.shape[0], dtype=torch.long, device=values.device)
+        if set_index is None:
+            raise ModelError("score_elements with a [B, H] embedding needs set_index [e]")
+        return self.head(values, set_index, embedding)
+
+    def score_stream(
+        self, chunks: Iterable[torch.Tensor], embedding: torch.Tensor
+    ) -> Iterator[torch.Tensor]:
+        """Second pass of streamed ranking: the scores [e_i] of each chunk of one set."""
+        for chunk in chunks:
+            yield self.score_elements(chunk, embedding)

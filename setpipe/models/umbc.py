@@ -1,0 +1,221 @@
+"""UMBC, the universal MBC slot set encoder (Willette et al. ICML 2023; Bruno et al. NeurIPS 2021).
+
+K slots (learned, or drawn per set from a learned Gaussian) attend to the elements of
+a set with H heads. Each element's attention weights a[h, k] are normalised per
+element only (never across elements), so the pooled slot value
+
+    slot[k, h] = Σ_i a_i[h, k] v_i[h] / Σ_i a_i[h, k]
+
+is a ratio of two sums: the state is (num = Σ a·v, den = Σ a) per set, slot and head.
+Normalisations: ``sigmoid``; ``slot_sigmoid`` (sigmoid, then divided by its sum over
+slots); ``slot_softmax`` (softmax over slots). ``set_softmax`` is the exact softmax over
+the set's elements per slot: it keeps a running max per set/head/slot and merges
+log-sum-exp style. After pooling: optional slot residual (+ the slot's query), a
+LayerNorm, then any function of the K slot vectors (flatten+MLP, or SAB + PMA).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from setpipe.models.protocol import MBCEncoder, MBCState, mlp, require_context
+from setpipe.models.set_transformer import SetTransformer
+
+Attention = Literal["slot_sigmoid", "sigmoid", "slot_softmax", "set_softmax"]
+
+BLOCK = 512
+"""Elements per outer-product block in ``update``: a·v is [block, H, K, dim/H], so a
+4096-element no-grad chunk with K=32, dim=128 holds 8 MB at a time instead of 64 MB."""
+
+
+class UMBC(MBCEncoder):
+    def __init__(
+        self,
+        num_features: int,
+        embed: list[int],
+        slots: int,
+        heads: int,
+        dim: int,
+        attention: Attention = "slot_sigmoid",
+        random_slots: bool = False,
+        slot_residual: bool = True,
+        slot_head: Literal["mlp", "set_transformer"] = "set_transformer",
+        sab_layers: int = 1,
+        pma_seeds: int = 1,
+        num_context: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_slots, self.heads, self.dim = slots, heads, dim
+        self.head_dim = dim // heads
+        self.attention = attention
+        self.random_slots = random_slots
+        self.slot_residual = slot_residual
+        self.num_context = num_context
+        self.partial_keys = ("num", "den")
+
+        self.embed = mlp([num_features, *embed])
+        if random_slots:
+            # As the reference: means U(-0.2, 0.2), std ≈ 0.01 (its softplus(U(-5, -4))).
+            self.slot_mean = nn.Parameter(torch.empty(slots, dim).uniform_(-0.2, 0.2))
+            self.slot_log_std = nn.Parameter(torch.full((slots, dim), math.log(0.01)))
+        else:
+            self.slots = nn.Parameter(torch.empty(slots, dim))
+            nn.init.xavier_uniform_(self.slots)
+        self.norm_slots = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(embed[-1], dim)
+        self.v = nn.Linear(embed[-1], dim)
+        self.norm_after = nn.LayerNorm(dim)
+
+        self.head: nn.Module
+        if slot_head == "mlp":
+            self.head = nn.Sequential(nn.Flatten(1), nn.Linear(slots * dim, dim), nn.ReLU())
+            head_dim = dim
+        else:
+            st = SetTransformer(dim, dim, heads, sab_layers, pma_seeds)
+            self.head, head_dim = st, st.out_dim
+        self.out_dim = head_dim + num_context
+
+    # ------------------------------------------------------------------ slots
+
+    def _queries(
+        self,
+        num_sets: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Slot queries [B, K, dim] drawn once per set (random slots, training), else [1, K, dim].
+
+        The second case is shared by every set (first axis 1), so it is never gathered.
+        """
+        if self.random_slots:
+            if self.training:
+                gen_device = generator.device if generator is not None else device
+                noise = torch.randn(
+                    (num_sets, self.num_slots, self.dim), generator=generator, device=gen_device
+                ).to(device=self.slot_mean.device, dtype=self.slot_mean.dtype)
+                s = self.slot_mean + self.slot_log_std.exp() * noise
+            else:
+                # Inference uses the mean slots (as the reference): predictions are deterministic.
+                s = self.slot_mean[None]
+        else:
+            s = self.slots[None]
+        return self.q(self.norm_slots(s)).to(device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ protocol
+
+    def init_state(
+        self,
+        num_sets: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+    ) -> MBCState:
+        h, k, d = self.heads, self.num_slots, self.head_dim
+        state = {
+            "query": self._queries(num_sets, device, dtype, generator),
+            "num": torch.zeros(num_sets, h, k, d, device=device, dtype=dtype),
+            "den": torch.zeros(num_sets, h, k, device=device, dtype=dtype),
+        }
+        if self.attention == "set_softmax":
+            state["max"] = torch.full((num_sets, h, k), -torch.inf, device=device, dtype=dtype)
+        return state
+
+    def _scores(
+        self, keys: torch.Tensor, query: torch.Tensor, set_index: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention logits [e, H, K] (scaled by sqrt of the per-head width)."""
+        q = query.view(query.shape[0], self.num_slots, self.heads, self.head_dim)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if q.shape[0] == 1:
+            return torch.einsum("ehd,khd->ehk", keys, q[0]) * scale
+        parts = [
+            torch.einsum("ehd,ekhd->ehk", keys[i : i + BLOCK], q[set_index[i : i + BLOCK]])
+            for i in range(0, keys.shape[0], BLOCK)
+        ]
+        return (
+            torch.cat(parts, 0) * scale if parts else keys.new_zeros(0, self.heads, self.num_slots)
+        )
+
+    def update(self, state: MBCState, values: torch.Tensor, set_index: torch.Tensor) -> MBCState:
+        num, den = state["num"], state["den"]
+        e = values.shape[0]
+        x = self.embed(values)
+        keys = self.k(x).view(e, self.heads, self.head_dim).to(num.dtype)
+        vals = self.v(x).view(e, self.heads, self.head_dim).to(num.dtype)
+        s = self._scores(keys, state["query"].to(num.dtype), set_index)  # [e, H, K]
+
+        new: MBCState = {"query": state["query"]}
+        if self.attention == "set_softmax":
+            # The running max only shifts exponents; the ratio num/den does not depend on
+            # it, so it is detached (and the estimator's sums stay plain sums).
+            old_max = state["max"]
+            chunk_max = torch.full_like(old_max, -torch.inf).scatter_reduce(
+                0,
+                set_index[:, None, None].expand_as(s),
+                s.detach(),
+                reduce="amax",
+                include_self=False,
+            )
+            new_max = torch.maximum(old_max, chunk_max)
+            rescale = _shift(old_max, new_max)
+            num, den = num * rescale[..., None], den * rescale
+            a = torch.exp(s - new_max[set_index])
+            new["max"] = new_max
+        elif self.attention == "sigmoid":
+            a = torch.sigmoid(s)
+        elif self.attention == "slot_sigmoid":
+            a = torch.sigmoid(s)
+            a = a / a.sum(dim=-1, keepdim=True)
+        else:  # slot_softmax
+            a = torch.softmax(s, dim=-1)
+
+        contrib = torch.zeros_like(num)
+        for i in range(0, e, BLOCK):
+            blk = slice(i, i + BLOCK)
+            contrib.index_add_(0, set_index[blk], a[blk, :, :, None] * vals[blk, :, None, :])
+        new["num"] = num + contrib
+        new["den"] = den.index_add(0, set_index, a)
+        return new
+
+    def merge(self, a: MBCState, b: MBCState) -> MBCState:
+        out: MBCState = {"query": a["query"]}
+        if self.attention == "set_softmax":
+            m = torch.maximum(a["max"], b["max"])
+            fa, fb = _shift(a["max"], m), _shift(b["max"], m)
+            out["num"] = a["num"] * fa[..., None] + b["num"] * fb[..., None]
+            out["den"] = a["den"] * fa + b["den"] * fb
+            out["max"] = m
+            return out
+        out["num"] = a["num"] + b["num"]
+        out["den"] = a["den"] + b["den"]
+        return out
+
+    def slot_outputs(self, state: MBCState) -> torch.Tensor:
+        """The K pooled slot vectors [B, K, dim] after residual and LayerNorm, before the head."""
+        num, den = state["num"], state["den"]
+        # An empty set has den = 0 and num = 0: it pools to 0 (then the residual).
+        pooled = num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]  # [B, H, K, d]
+        pooled = pooled.permute(0, 2, 1, 3).reshape(num.shape[0], self.num_slots, self.dim)
+        if self.slot_residual:
+            pooled = pooled + state["query"]
+        return self.norm_after(pooled)
+
+    def finalize(self, state: MBCState, context: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.head(self.slot_outputs(state))
+        if self.num_context:
+            out = torch.cat([out, require_context(context, self.num_context, out)], 1)
+        return out
+
+
+def _shift(old_max: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
+    """exp(old_max - new_max); 0 where old_max is -inf (no elements yet: avoids -inf - -inf)."""
+    empty = torch.isinf(old_max)
+    return torch.where(
+        empty, torch.zeros_like(old_max), torch.exp(old_max - new_max.masked_fill(empty, 0))
+    )
