@@ -1,0 +1,48 @@
+"""Arguments shared by the commands that use a registered model (serve, predict)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model_uri",
+        metavar="MODEL_URI",
+        help="registered model: models:/NAME@ALIAS (e.g. models:/jets@champion) or "
+        "models:/NAME/VERSION",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in --workdir)",
+    )
+    parser.add_argument(
+        "--workdir", default=".setpipe", help="work dir holding mlflow.db (default: .setpipe)"
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (e.g. ray://head:10001 or auto); default: a local Ray",
+    )
+
+
+def tracking_uri(args: argparse.Namespace) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the work dir's sqlite store."""
+    if args.tracking_uri:
+        return args.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(args.workdir).resolve() / 'mlflow.db').as_posix()}"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, found {value}")
+    return value

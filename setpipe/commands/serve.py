@@ -1,0 +1,109 @@
+"""`setpipe serve MODEL_URI`: serve a registered model over HTTP with Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from setpipe.commands._model_args import add_model_arguments, positive_int, tracking_uri
+from setpipe.errors import ServeError
+
+HELP = "Serve a registered model over HTTP (Ray Serve), following its alias as it moves."
+
+
+def _autoscale(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition(":")
+    if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high):
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX with 1 <= MIN <= MAX, found {text!r}")
+    return int(low), int(high)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=positive_int, default=1, help="replicas (default 1)")
+    scale.add_argument(
+        "--autoscale", type=_autoscale, metavar="MIN:MAX", help="autoscale between MIN and MAX"
+    )
+    parser.add_argument("--max-sets", type=positive_int, help="sets per request (default 4096)")
+    parser.add_argument(
+        "--max-elements-per-set", type=positive_int, help="elements per set (default 2000000)"
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=positive_int, help="request body bytes (default 128 MiB)"
+    )
+    parser.add_argument(
+        "--batch-elements",
+        type=positive_int,
+        default=16384,
+        help="element budget of one model batch across concurrent requests (default 16384)",
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=5.0,
+        help="how often the alias is re-resolved (default 5)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from setpipe.serve.app import AliasFollower, ServeConfig, alias_of, deploy
+    from setpipe.serve.schema import Limits
+    from setpipe.tracking.registry import resolve
+
+    uri = tracking_uri(args)
+    name, version = resolve(args.model_uri, uri)
+    limits = {
+        key: value
+        for key, value in (
+            ("max_sets", args.max_sets),
+            ("max_elements_per_set", args.max_elements_per_set),
+            ("max_body_bytes", args.max_body_bytes),
+        )
+        if value is not None
+    }
+    config = ServeConfig(
+        name=name,
+        alias=alias_of(args.model_uri),
+        tracking_uri=uri,
+        limits=Limits(**limits),
+        element_budget=args.batch_elements,
+        replicas=args.replicas,
+        autoscale=args.autoscale,
+    )
+    # A new local Ray turns token auth on by itself; a cluster keeps its own setting.
+    ray.init(address=args.address, log_to_driver=False)
+    follower = None
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        deploy(config, version)
+        following = f", following @{config.alias}" if config.alias else ""
+        print(
+            f"serving {name} version {version}{following} at http://{args.host}:{args.port} "
+            "(POST /predict, GET /health /ready /model); Ctrl-C stops",
+            flush=True,
+        )
+        if config.alias:
+            follower = AliasFollower(config, version, poll_s=args.poll_seconds).start()
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    except RuntimeError as err:  # Serve reports a port in use or a failed deploy this way
+        raise ServeError(f"cannot serve {args.model_uri}: {err}") from None
+    finally:
+        if follower is not None:
+            follower.stop()
+        if args.address is None:
+            serve.shutdown()
+        ray.shutdown()
+    return 0

@@ -1,0 +1,266 @@
+"""The Ray Serve application: one FastAPI ingress deployment that holds a registered model.
+
+Replicas are pinned to a resolved version, given as ``user_config={"version": v}``.
+When the alias moves, the ``AliasFollower`` (a thread in the process that started
+serving) redeploys with the new ``user_config``; Serve calls ``reconfigure`` on each
+running replica in place, which loads the new version fully in a worker thread and
+then swaps one reference. A batch reads that reference once, so every request is
+served wholly by one version, and every answer names it.
+
+Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready`` (503 until a model is
+loaded), ``GET /model``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from setpipe.serve._batcher import ElementBatcher
+from setpipe.serve.schema import (
+    BadRequest,
+    ErrorResponse,
+    Limits,
+    ModelInfo,
+    PredictResponse,
+    parse_request,
+)
+
+APP_NAME = "setpipe"
+log = logging.getLogger(__name__)
+
+# Bodies above this are decoded in a worker thread so /health stays answerable meanwhile.
+_INLINE_PARSE_BYTES = 256 * 1024
+
+
+class ServeConfig(BaseModel):
+    """What a replica needs besides the version: where the model lives and the limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Registered model name.")
+    alias: str | None = Field(default=None, description="Alias followed, or None when pinned.")
+    tracking_uri: str | None = Field(default=None, description="MLflow tracking URI.")
+    limits: Limits = Field(default_factory=Limits)
+    element_budget: int = Field(
+        default=16384, ge=1, description="Elements per model batch; larger requests run alone."
+    )
+    replicas: int = Field(default=1, ge=1, description="Fixed replica count (no autoscale).")
+    autoscale: tuple[int, int] | None = Field(default=None, description="(min, max) replicas.")
+    num_cpus: float = Field(default=1.0, ge=0.0, description="Ray CPUs reserved per replica.")
+    max_ongoing_requests: int = Field(
+        # Many in flight per replica is what lets the element batcher form batches.
+        default=64,
+        ge=1,
+    )
+
+
+api = FastAPI(
+    title="setpipe",
+    description="Predictions from a registered setpipe set model.",
+    docs_url=None,
+    redoc_url=None,
+)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": message})
+
+
+async def _read_body(request: Request, cap: int) -> bytearray:
+    """The body, refused with 413 as soon as the declared or the received size passes cap."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest(400, f"Content-Length {declared!r} is not a byte count")
+        if int(declared) > cap:
+            raise BadRequest(
+                413,
+                f"request body of {int(declared)} bytes exceeds the limit of {cap} bytes "
+                "(--max-body-bytes)",
+            )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise BadRequest(
+                413, f"request body exceeds the limit of {cap} bytes (--max-body-bytes)"
+            )
+    return body
+
+
+@serve.deployment(name="SetModelServer")
+@serve.ingress(api)
+class SetModelServer:
+    """One replica: the loaded model, the element batcher, the HTTP routes."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = ServeConfig.model_validate(config)
+        self._loaded: Any = None  # LoadedSetModel; replaced whole, never mutated
+        self._batcher: ElementBatcher | None = None
+        self._swap = asyncio.Lock()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load ``user_config["version"]`` fully, then swap it in (Serve calls this in place)."""
+        from setpipe.tracking.pyfunc import load_set_model
+
+        version = str(user_config["version"])
+        async with self._swap:
+            if self._loaded is not None and self._loaded.version == version:
+                return
+            uri = f"models:/{self._config.name}/{version}"
+            loaded = await asyncio.to_thread(load_set_model, uri, self._config.tracking_uri)
+            self._loaded = loaded
+        log.info("serving %s version %s", self._config.name, version)
+
+    def _predict(self, batch: Any) -> tuple[Any, list[dict]]:
+        loaded = self._loaded  # read once: the whole batch runs on this version
+        return loaded, loaded.predict_batch(batch)
+
+    @api.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/ready", responses={503: {"model": ErrorResponse}})
+    async def ready(self) -> JSONResponse:
+        if self._loaded is None:
+            return _error(503, "no model loaded yet")
+        return JSONResponse({"status": "ready", "version": self._loaded.version})
+
+    @api.get("/model", response_model=ModelInfo, responses={503: {"model": ErrorResponse}})
+    async def model(self) -> Any:
+        loaded = self._loaded
+        if loaded is None:
+            return _error(503, "no model loaded yet")
+        job = loaded.job
+        return ModelInfo(
+            name=loaded.name,
+            version=loaded.version,
+            alias=self._config.alias,
+            task=job.model.task,
+            element_features=job.data.elements.feature_names,
+            context_features=list(job.data.context),
+            num_classes=job.model.num_classes,
+            pid=os.getpid(),
+        )
+
+    @api.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses={
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
+    )
+    async def predict(self, request: Request) -> Any:
+        """Body: ``{"sets": [{"features": {...}, "context": {...}}, ...]}`` (see schema.py)."""
+        loaded = self._loaded
+        if loaded is None:
+            return _error(503, "no model loaded yet")
+        limits = self._config.limits
+        try:
+            body = await _read_body(request, limits.max_body_bytes)
+            # Validated against the job of the version loaded now; versions of one
+            # registered model share the job's input layout.
+            if len(body) > _INLINE_PARSE_BYTES:
+                parsed = await asyncio.to_thread(parse_request, body, loaded.job, limits)
+            else:
+                parsed = parse_request(body, loaded.job, limits)
+            del body
+        except BadRequest as err:
+            return _error(err.status, str(err))
+        if self._batcher is None:
+            self._batcher = ElementBatcher(self._predict, self._config.element_budget)
+        ran, outputs = await self._batcher.submit(parsed.batch)
+        return JSONResponse(
+            {"model": {"name": ran.name, "version": ran.version}, "predictions": outputs}
+        )
+
+    def __del__(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+
+
+def alias_of(model_uri: str) -> str | None:
+    """``champion`` for ``models:/NAME@champion``; None for ``models:/NAME/VERSION``."""
+    _, at, alias = model_uri.rpartition("@")
+    return alias if at and "/" not in alias else None
+
+
+def build_app(config: ServeConfig, version: str) -> serve.Application:
+    """The application for one resolved version (replica options from the config)."""
+    options: dict[str, Any] = {
+        "user_config": {"version": str(version)},
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": config.num_cpus},
+    }
+    if config.autoscale is not None:
+        low, high = config.autoscale
+        options["autoscaling_config"] = {
+            "min_replicas": low,
+            "max_replicas": high,
+            "initial_replicas": low,
+            # Requests in flight per replica the autoscaler aims at; the batcher wants several.
+            "target_ongoing_requests": 8,
+        }
+    else:
+        options["num_replicas"] = config.replicas
+    return SetModelServer.options(**options).bind(config.model_dump(mode="json"))
+
+
+def deploy(config: ServeConfig, version: str) -> None:
+    """Deploy, or move the running app to ``version`` (an in-place reconfigure)."""
+    serve.run(build_app(config, version), name=APP_NAME, route_prefix="/")
+
+
+class AliasFollower:
+    """Polls ``models:/NAME@ALIAS`` and moves the app when it resolves to a new version.
+
+    A thread in the process that deployed the app (``setpipe serve``, or a test).
+    """
+
+    def __init__(self, config: ServeConfig, version: str, poll_s: float = 5.0) -> None:
+        if config.alias is None:
+            raise ValueError("AliasFollower needs config.alias")
+        self.config = config
+        self.version = str(version)
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="setpipe-alias", daemon=True)
+
+    def start(self) -> AliasFollower:
+        self._thread.start()
+        return self
+
+    def poll_once(self) -> bool:
+        """Resolve the alias; redeploy if it moved. True when it moved."""
+        from setpipe.tracking.registry import resolve
+
+        uri = f"models:/{self.config.name}@{self.config.alias}"
+        _, version = resolve(uri, self.config.tracking_uri)
+        if str(version) == self.version:
+            return False
+        log.info("%s moved from version %s to %s", uri, self.version, version)
+        deploy(self.config, str(version))
+        self.version = str(version)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll_once()
+            except Exception as err:  # a flaky store must not stop following
+                log.warning("alias poll failed, retrying in %.0f s: %s", self.poll_s, err)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
