@@ -1,0 +1,196 @@
+"""Ray Train setup: the job's train section becomes a TorchTrainer; fit() returns the outcome.
+
+``train.workers == 0`` runs the same loop in the driver process (Ray Train V2 local mode,
+``ScalingConfig(num_workers=0)``); those runs keep their own checkpoints under the run
+directory, because local mode persists nothing. Otherwise Ray Train starts the workers,
+splits every dataset among them, restarts them from the latest checkpoint after a
+failure (``FailureConfig(max_failures)``), and a new fit() under the same Ray run name
+and storage path resumes from that run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from setpipe.errors import TrainError
+from setpipe.spec.models import DataSpec, JobSpec, ParallelLists
+from setpipe.train.loop import train_loop
+
+FAIL_ENV = "SETPIPE_FAIL_AT_EPOCH"
+"""Test hook: a worker exits during this epoch (0-based) of an attempt started from scratch."""
+
+TASK_METRICS = {
+    "classify": ("val_loss", "val_accuracy", "val_auc"),
+    "regress": ("val_loss", "val_rmse"),
+    "rank": ("val_loss", "val_ndcg", "val_mrr"),
+}
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished fit hands to tracking and the registry."""
+
+    state_dict: dict[str, torch.Tensor]
+    """Weights of the best validation epoch (by the monitored metric), else of the last."""
+    history: list[dict[str, float]]
+    """Per-epoch metrics (train_*, val_*, lr), every epoch of the run, resumed ones included."""
+    best_epoch: int | None
+    """0-based epoch whose weights are returned; None without validation."""
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    start_epoch: int = 0
+    """First epoch of the attempt that finished (> 0 when it resumed from a checkpoint)."""
+    stopped_early: bool = False
+    monitor: tuple[str, str] | None = None
+
+    @property
+    def val_metrics(self) -> dict[str, float]:
+        """The returned weights' validation metrics."""
+        if self.best_epoch is None:
+            return {}
+        chosen = next(h for h in self.history if h["epoch"] == self.best_epoch)
+        return {k: v for k, v in chosen.items() if k.startswith("val_")}
+
+    @property
+    def skipped_rows(self) -> int:
+        """Bad rows skipped in one pass over the training data (the last epoch's count)."""
+        return int(self.history[-1]["train_skipped_rows"]) if self.history else 0
+
+
+def monitored_metric(job: JobSpec, has_validation: bool) -> tuple[str, str] | None:
+    """(metric, direction) that picks the best epoch: early stopping's, else the gate's."""
+    stop = job.train.early_stopping
+    if not has_validation:
+        if stop is not None:
+            raise TrainError(
+                f"{job.name}: train.early_stopping watches {stop.metric!r} but the job has no "
+                "validation data; add data.validation or data.split, or remove early_stopping"
+            )
+        return None
+    metric, direction = (stop.metric, stop.direction) if stop else job.promotion
+    known = TASK_METRICS[job.model.task]
+    if metric not in known:
+        where = "train.early_stopping.metric" if stop else "tracking.metric"
+        raise TrainError(
+            f"{job.name}: {where} is {metric!r}, which task {job.model.task} does not report; "
+            f"expected one of {', '.join(known)}"
+        )
+    return metric, direction
+
+
+def _element_column(spec: DataSpec) -> str:
+    if isinstance(spec.elements, ParallelLists):
+        return spec.elements.columns[0]
+    return spec.elements.column
+
+
+def estimate_steps(dataset: Any, spec: DataSpec, world: int) -> int:
+    """Optimizer steps per epoch per rank, for the LR schedule's length.
+
+    One pass over the element column's list lengths (cheap: offsets only). A batch closes
+    when the next set would pass the element budget, so it holds about
+    (budget - mean/2) / mean sets; a set over the budget is a batch alone.
+    """
+    import pyarrow.compute as pc
+
+    sets = elements = 0
+    column = _element_column(spec)
+    for table in dataset.select_columns([column]).iter_batches(batch_format="pyarrow"):
+        sets += table.num_rows
+        elements += int(pc.sum(pc.list_value_length(table.column(column))).as_py() or 0)
+    if sets == 0:
+        raise TrainError("the training split is empty: no sets to train on")
+    mean = elements / sets
+    per_batch = max(1.0, (spec.batch.element_budget - mean / 2) / mean)
+    return max(1, math.ceil(sets / max(1, world) / per_batch))
+
+
+def fit(
+    job: JobSpec,
+    *,
+    run_id: str | None,
+    storage_path: str | Path,
+    run_name: str,
+    transforms: Any,
+    datasets: dict[str, Any],
+    progress: bool = True,
+    trace_dir: str | Path | None = None,
+) -> TrainOutcome:
+    """Train ``job`` on Ray Train; ``datasets`` maps train/validation/test to Ray Datasets.
+
+    ``run_name`` under ``storage_path`` is the Ray run: the same name resumes its latest
+    checkpoint. ``run_id`` is the MLflow run that rank 0 logs epochs to (None: no logging).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    spec = job.train
+    datasets = {k: v for k, v in datasets.items() if v is not None}
+    if "train" not in datasets:
+        raise TrainError(f"{job.name}: no training data (data.train read to nothing)")
+    has_validation = "validation" in datasets
+    world = max(1, spec.workers)
+    storage_path = Path(storage_path).resolve()
+    config: dict[str, Any] = {
+        "job": job.model_dump(mode="json"),
+        "transforms": transforms.to_dict(),
+        "run_id": run_id,
+        "total_steps": estimate_steps(datasets["train"], job.data, world) * spec.epochs,
+        "has_validation": has_validation,
+        "has_test": "test" in datasets,
+        "monitor": monitored_metric(job, has_validation),
+        "progress": progress,
+        "keep": spec.checkpoint.keep,
+        "in_process": spec.workers == 0,
+    }
+    if spec.workers == 0:
+        config["local_checkpoint_dir"] = str(storage_path / run_name / "local_checkpoints")
+        Path(config["local_checkpoint_dir"]).mkdir(parents=True, exist_ok=True)
+    if os.environ.get(FAIL_ENV):
+        config["fail_at_epoch"] = int(os.environ[FAIL_ENV])
+    if trace_dir is not None:
+        config["trace_dir"] = str(trace_dir)
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=spec.workers,
+            use_gpu=spec.use_gpu,
+            resources_per_worker=spec.resources_per_worker or None,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+        ),
+        datasets=datasets,
+    )
+    try:
+        result = trainer.fit()
+    except TrainError:
+        raise
+    except Exception as err:
+        raise TrainError(
+            f"{job.name}: training failed after {spec.max_failures} allowed restarts: "
+            f"{type(err).__name__}: {err}. Re-run the same job to resume from its last "
+            f"checkpoint under {storage_path / run_name}"
+        ) from err
+    out = result.return_value
+    if out is None:
+        raise TrainError(f"{job.name}: training ended without an outcome from rank 0")
+    return TrainOutcome(
+        state_dict=out["state_dict"],
+        history=out["history"],
+        best_epoch=out["best_epoch"],
+        test_metrics=out["test_metrics"],
+        start_epoch=out["start_epoch"],
+        stopped_early=out["stopped_early"],
+        monitor=config["monitor"],
+    )
