@@ -69,7 +69,12 @@ def parse(text: str, source: str) -> tuple[Any, dict[Path, int]]:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        context = f" ({err.context})" if err.context else ""
+        context = ""
+        if err.context:
+            started = err.context_mark
+            moved = started is not None and (mark is None or started.line != mark.line)
+            at = f" at line {started.line + 1}" if moved else ""
+            context = f" ({err.context}{at})"
         raise SpecError(f"{where}: invalid YAML: {err.problem}{context}") from None
     except yaml.YAMLError as err:  # e.g. a reader error on a control character
         raise SpecError(f"{source}: invalid YAML: {err}") from None

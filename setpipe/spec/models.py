@@ -26,9 +26,7 @@ class StrictModel(BaseModel):
 
 Source = Annotated[
     str | list[str],
-    Field(
-        description="A Parquet file, a glob, a directory, or an s3:// / gs:// URI; or a list."
-    ),
+    Field(description="A Parquet file, a glob, a directory, or an s3:// / gs:// URI; or a list."),
 ]
 
 
@@ -289,6 +287,14 @@ class MLPHeadSpec(StrictModel):
 SlotHeadSpec = Annotated[MLPHeadSpec | SetTransformerHeadSpec, Field(discriminator="kind")]
 
 
+def _dim_heads_message(dim: int, heads: int) -> str:
+    up = -(-dim // heads) * heads
+    return (
+        f"dim {dim} is not a multiple of heads {heads}; each head gets dim / heads channels, "
+        f"so use dim {up} or a heads that divides {dim}"
+    )
+
+
 class UMBCSpec(StrictModel):
     """Universal MBC slot set encoder (Willette et al., ICML 2023)."""
 
@@ -316,7 +322,7 @@ class UMBCSpec(StrictModel):
     @model_validator(mode="after")
     def _dim_divides(self) -> UMBCSpec:
         if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+            raise ValueError(_dim_heads_message(self.dim, self.heads))
         return self
 
 
@@ -335,7 +341,7 @@ class SetTransformerSpec(StrictModel):
     @model_validator(mode="after")
     def _dim_divides(self) -> SetTransformerSpec:
         if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+            raise ValueError(_dim_heads_message(self.dim, self.heads))
         return self
 
 
