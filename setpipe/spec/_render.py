@@ -134,6 +134,9 @@ class Renderer:
             expected = describe(level.annotation) or "a list"
             if isinstance(value, str):  # the usual slip: one name where a list is wanted
                 expected += f", e.g. [{value}]"
+        elif kind == "string_type" and isinstance(value, int | float):
+            # YAML read 2024 or true as a number or a boolean; quoting keeps it text.
+            expected = f'a string; quote it: "{show(value)}"'
         elif kind in _EXPECTED:
             expected = _EXPECTED[kind].format(**ctx)
         else:

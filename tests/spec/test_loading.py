@@ -119,6 +119,12 @@ BAD: list[tuple[str, str, list[str], str]] = [
         'jobs/x.yaml:1: name: got "My Jets"; expected a string matching ^[a-z0-9][a-z0-9_-]{0,62}$',
     ),
     (
+        "number-where-text-expected",
+        edit(("  label: label", "  label: 2024")),
+        [],
+        'jobs/x.yaml:9: data.label: got 2024; expected a string; quote it: "2024"',
+    ),
+    (
         "string-or-list",
         edit(("train: data/train", "train: 5")),
         [],

@@ -1,0 +1,157 @@
+"""The job models: derived names, task defaults and the cross-field rules, via job_from_dict."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from setpipe.errors import SpecError
+from setpipe.spec import JobSpec, job_from_dict
+
+BASE: dict[str, Any] = {
+    "name": "jets",
+    "data": {
+        "train": "data/train",
+        "elements": {"layout": "parallel", "columns": ["pt", "eta"]},
+        "label": "label",
+    },
+    "model": {"task": "classify", "num_classes": 2, "encoder": {"kind": "deepsets"}},
+}
+
+
+def job(**changes: Any) -> JobSpec:
+    """BASE with dotted-key changes ("data.label": None deletes)."""
+    data = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return job_from_dict(data, source="t.yaml")
+
+
+def problem(**changes: Any) -> str:
+    with pytest.raises(SpecError) as caught:
+        job(**changes)
+    return str(caught.value)
+
+
+def test_defaults_and_derived_names() -> None:
+    spec = job()
+    assert spec.workdir == ".setpipe"
+    assert spec.experiment_name == "jets"
+    assert spec.model_name == "jets"
+    assert spec.promotion == ("val_auc", "maximize")
+    assert spec.data.feature_names == ["pt", "eta"]
+    assert spec.train.epochs == 10 and spec.train.chunk_size == 4096
+    assert spec.data.batch.element_budget == 16384
+
+
+def test_tracking_names_and_promotion_override_defaults() -> None:
+    spec = job(
+        tracking={
+            "experiment": "exp",
+            "model_name": "m",
+            "metric": "val_loss",
+            "direction": "minimize",
+        }
+    )
+    assert (spec.experiment_name, spec.model_name) == ("exp", "m")
+    assert spec.promotion == ("val_loss", "minimize")
+
+
+@pytest.mark.parametrize(
+    ("task", "metric"),
+    [("regress", ("val_rmse", "minimize")), ("rank", ("val_ndcg", "maximize"))],
+)
+def test_promotion_default_by_task(task: str, metric: tuple[str, str]) -> None:
+    changes: dict[str, Any] = {"model__task": task, "model__num_classes": None}
+    if task == "rank":
+        changes |= {"data__label": None, "data__element_label": "rel"}
+    assert job(**changes).promotion == metric
+
+
+def test_feature_names_for_each_layout() -> None:
+    struct = job(data__elements={"layout": "struct", "column": "points", "fields": ["x", "y"]})
+    assert struct.data.feature_names == ["x", "y"]
+    vectors = job(data__elements={"layout": "vectors", "column": "emb", "dim": 3})
+    assert vectors.data.feature_names == ["emb_0", "emb_1", "emb_2"]
+    named = job(data__elements={"layout": "vectors", "column": "p", "dim": 2, "names": ["u", "v"]})
+    assert named.data.feature_names == ["u", "v"]
+    featured = job(data__features=[{"name": "log_pt", "source": "pt", "ops": [{"op": "log"}]}])
+    assert featured.data.feature_names == ["log_pt"]
+    assert featured.data.elements.feature_names == ["pt", "eta"]
+
+
+def test_vector_names_must_match_dim() -> None:
+    assert problem(
+        data__elements={"layout": "vectors", "column": "p", "dim": 3, "names": ["u"]}
+    ) == (
+        "t.yaml: data.elements: names has 1 entries but dim is 3; give one name per component "
+        "or leave names out"
+    )
+
+
+def test_clip_needs_a_bound_in_order() -> None:
+    ops = [{"op": "clip", "min": 2.0, "max": 1.0}]
+    assert problem(data__features=[{"name": "c", "source": "pt", "ops": ops}]) == (
+        "t.yaml: data.features[0].ops[0]: clip min 2.0 is greater than max 1.0"
+    )
+    ops = [{"op": "clip"}]
+    assert problem(data__features=[{"name": "c", "source": "pt", "ops": ops}]) == (
+        "t.yaml: data.features[0].ops[0]: clip needs min, max or both"
+    )
+
+
+def test_center_weight_must_be_an_element_feature() -> None:
+    ops = [{"op": "center", "weight": "energy"}]
+    assert problem(data__features=[{"name": "c", "source": "eta", "ops": ops}]) == (
+        "t.yaml: data: feature 'c': center weight 'energy' is not an element feature; expected "
+        "one of ['eta', 'pt']"
+    )
+
+
+def test_split_excludes_explicit_sources() -> None:
+    assert problem(data__split={"key": "id"}, data__validation="v/") == (
+        "t.yaml: data: give either split or validation/test sources, not both: split derives "
+        "them from train"
+    )
+
+
+def test_num_classes_only_for_classify() -> None:
+    assert problem(model__task="regress") == (
+        "t.yaml: model: num_classes is only for task classify, not regress"
+    )
+
+
+def test_element_label_only_for_rank() -> None:
+    assert problem(data__element_label="rel") == (
+        "t.yaml: data.element_label is only for task rank, not classify; remove it"
+    )
+
+
+def test_gpu_resources_need_use_gpu() -> None:
+    assert problem(train={"resources_per_worker": {"GPU": 1}}) == (
+        "t.yaml: train.resources_per_worker asks for GPU but train.use_gpu is false"
+    )
+
+
+def test_assignment_is_validated() -> None:
+    spec = job()
+    spec.train.epochs = 4
+    assert spec.train.epochs == 4
+    with pytest.raises(ValueError, match="greater than 0"):
+        spec.train.epochs = 0
+
+
+def test_umbc_defaults_take_a_set_transformer_slot_head() -> None:
+    spec = job(model__encoder={"kind": "umbc"})
+    assert spec.model.encoder.kind == "umbc"
+    assert spec.model.encoder.slot_head.kind == "set_transformer"  # type: ignore[union-attr]
+    assert (spec.model.encoder.slots, spec.model.encoder.dim) == (32, 128)  # type: ignore[union-attr]

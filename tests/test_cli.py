@@ -1,0 +1,132 @@
+"""The command line, run for real (`python -m setpipe`) as a user would."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from setpipe.cli import COMMANDS
+from setpipe.spec import load_job
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = sorted((REPO / "jobs").glob("*.yaml"))
+
+
+def setpipe(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "setpipe", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_commands_are_pinned() -> None:
+    assert COMMANDS == (
+        "validate",
+        "schema",
+        "datagen",
+        "inspect",
+        "run",
+        "serve",
+        "predict",
+        "submit",
+        "jobs",
+        "schedule",
+    )
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_a_module(name: str) -> None:
+    module = importlib.import_module(f"setpipe.commands.{name}")
+    assert isinstance(module.HELP, str) and module.HELP
+    assert callable(module.add_arguments) and callable(module.run)
+
+
+def test_help_lists_exactly_the_commands() -> None:
+    result = setpipe("--help")
+    assert result.returncode == 0, result.stderr
+    listed = re.findall(r"^    (\w+)\s", result.stdout, flags=re.MULTILINE)
+    assert tuple(listed) == COMMANDS
+
+
+def test_version() -> None:
+    result = setpipe("--version")
+    assert (result.returncode, result.stdout) == (0, f"setpipe {version('setpipe')}\n")
+
+
+def test_example_jobs_are_all_there() -> None:
+    assert [p.stem for p in JOBS] == ["digits", "passages", "qg_jets", "quickstart"]
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
+def test_validate_example_job(path: Path) -> None:
+    relative = path.relative_to(REPO).as_posix()
+    job = load_job(path)
+    result = setpipe("validate", relative)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f'{relative}: valid (job "{job.name}", task {job.model.task}, '
+        f"encoder {job.model.encoder.kind})\n"
+    )
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
+def test_example_job_starts_with_schema_comment(path: Path) -> None:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first == "# yaml-language-server: $schema=../schemas/job.schema.json"
+
+
+def test_validate_with_overrides_and_print(tmp_path: Path) -> None:
+    result = setpipe(
+        "validate",
+        "jobs/quickstart.yaml",
+        "train.epochs=1",
+        "model.encoder.kind=umbc",
+        "--print",
+        env={"SETPIPE_DATA": "/data/sets"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "  train: /data/sets/quickstart/train\n" in result.stdout
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(result.stdout, encoding="utf-8")
+    job = load_job(resolved)
+    assert (job.train.epochs, job.model.encoder.kind) == (1, "umbc")
+    assert job.data.train == "/data/sets/quickstart/train"
+
+
+def test_validate_invalid_job_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    text = (REPO / "jobs" / "quickstart.yaml").read_text(encoding="utf-8")
+    bad.write_text(text.replace("kind: deepsets", "kind: deepset"), encoding="utf-8")
+    line = 1 + text.splitlines().index("    kind: deepsets")
+    result = setpipe("validate", "bad.yaml", "train.epochz=2", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        'override "train.epochz=2": train.epochz: unknown key; did you mean "epochs"?\n'
+    )
+    result = setpipe("validate", "bad.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f'bad.yaml:{line}: model.encoder.kind: "deepset" is not one of deepsets, umbc, '
+        'set_transformer; did you mean "deepsets"?\n'
+    )
+
+
+def test_validate_missing_file_exits_1(tmp_path: Path) -> None:
+    result = setpipe("validate", "nope.yaml", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        1,
+        "nope.yaml: no such file; give the path of a job YAML\n",
+    )
