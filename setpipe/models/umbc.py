@@ -143,11 +143,21 @@ class UMBC(MBCEncoder):
         )
 
     def update(self, state: MBCState, values: torch.Tensor, set_index: torch.Tensor) -> MBCState:
-        num, den = state["num"], state["den"]
+        num = state["num"]
         e = values.shape[0]
         x = self.embed(values)
         keys = self.k(x).view(e, self.heads, self.head_dim).to(num.dtype)
         vals = self.v(x).view(e, self.heads, self.head_dim).to(num.dtype)
+        # The MLP and projections above run under autocast; the attention weights and the
+        # sums below stay in the state's dtype (fp32): exp and long sums in bf16 lose digits.
+        with torch.autocast(num.device.type, enabled=False):
+            return self._accumulate(state, keys, vals, set_index)
+
+    def _accumulate(
+        self, state: MBCState, keys: torch.Tensor, vals: torch.Tensor, set_index: torch.Tensor
+    ) -> MBCState:
+        num, den = state["num"], state["den"]
+        e = keys.shape[0]
         s = self._scores(keys, state["query"].to(num.dtype), set_index)  # [e, H, K]
 
         new: MBCState = {"query": state["query"]}
