@@ -10,6 +10,7 @@ from setpipe.errors import SpecError
 from setpipe.spec._fields import Segment, format_path
 
 Path = tuple[Segment, ...]
+MAX_VALUES = 100_000
 
 
 class LineLoader(yaml.SafeLoader):
@@ -20,10 +21,19 @@ class LineLoader(yaml.SafeLoader):
         if node is None:
             return None, {}
         lines: dict[Path, int] = {}
+        self._budget = MAX_VALUES
         self._record(node, (), lines)
         return self.construct_document(node), lines
 
     def _record(self, node: yaml.Node, path: Path, lines: dict[Path, int]) -> None:
+        # Aliases can make a few lines expand exponentially ("billion laughs"); every
+        # later step walks the expanded tree, so the expansion is bounded here.
+        self._budget -= 1
+        if self._budget < 0:
+            raise SpecError(
+                f"{self.name}: the document expands to more than {MAX_VALUES} values through "
+                "YAML aliases (*name); a job is small, so write it out without them"
+            )
         if isinstance(node, yaml.MappingNode):
             self.flatten_mapping(node)  # resolve "<<" merge keys the way construction will
             first_line: dict[Any, int] = {}

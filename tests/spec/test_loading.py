@@ -251,6 +251,18 @@ BAD: list[tuple[str, str, list[str], str]] = [
         "are plain YAML (mappings, lists, strings, numbers), so remove the tag",
     ),
     (
+        "alias-bomb",
+        BASE
+        + "cluster:\n  runtime_env:\n    a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"    {c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+            for p, c in zip("abcde", "bcdef", strict=True)
+        ),
+        [],
+        "jobs/x.yaml: the document expands to more than 100000 values through YAML aliases "
+        "(*name); a job is small, so write it out without them",
+    ),
+    (
         "non-mapping-top-level",
         "- name: jets\n- name: other\n",
         [],
