@@ -101,7 +101,11 @@ def _tag_of(problem: str) -> str | None:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block style for mappings, flow style for short lists of scalars ([128, 128])."""
+    """Block style for mappings, flow style for lists of scalars ([128, 128])."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        # Items of a block list indented under their key, as people write them.
+        super().increase_indent(flow, False)
 
 
 def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:

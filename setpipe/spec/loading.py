@@ -52,7 +52,11 @@ def job_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> JobSpec:
 
 
 def dump_job(job: JobSpec) -> str:
-    """The resolved job as YAML, every default written out, that ``load_job`` reads back equal."""
+    """The resolved job as YAML, every default written out, that ``load_job`` reads back equal.
+
+    A literal ``${`` in a value is written as ``$${`` so that interpolation on load keeps
+    it literal; read the text back with ``load_job``, not a bare ``yaml.safe_load``.
+    """
     return _yaml.dump(job.model_dump(mode="json"))
 
 
