@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     from setpipe.serve.batch_predict import predict_dataset
 
-    ray.init(address=args.address, log_to_driver=False)
+    # Called in-process (tests, notebooks) with Ray already up: use it and leave it up.
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        ray.init(address=args.address, log_to_driver=False)
     try:
         summary = predict_dataset(
             args.model_uri,
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
         )
     finally:
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
     skipped = f", {summary.skipped_rows} bad rows skipped" if summary.skipped_rows else ""
     print(
         f"{summary.rows} predictions from {summary.name} version {summary.version} "

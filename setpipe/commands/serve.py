@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from setpipe.serve.app import AliasFollower, ServeConfig, alias_of, deploy
+    from setpipe.serve.app import ServeConfig, alias_of, deploy
     from setpipe.serve.schema import Limits
     from setpipe.tracking.registry import resolve
 
@@ -79,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
         element_budget=args.batch_elements,
         replicas=args.replicas,
         autoscale=args.autoscale,
+        poll_s=args.poll_seconds,
     )
     # A new local Ray turns token auth on by itself; a cluster keeps its own setting.
     ray.init(address=args.address, log_to_driver=False)
-    follower = None
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         deploy(config, version)
@@ -92,8 +92,6 @@ def run(args: argparse.Namespace) -> int:
             "(POST /predict, GET /health /ready /model); Ctrl-C stops",
             flush=True,
         )
-        if config.alias:
-            follower = AliasFollower(config, version, poll_s=args.poll_seconds).start()
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -101,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # Serve reports a port in use or a failed deploy this way
         raise ServeError(f"cannot serve {args.model_uri}: {err}") from None
     finally:
-        if follower is not None:
-            follower.stop()
         if args.address is None:
             serve.shutdown()
         ray.shutdown()

@@ -1,11 +1,21 @@
 """The Ray Serve application: one FastAPI ingress deployment that holds a registered model.
 
-Replicas are pinned to a resolved version, given as ``user_config={"version": v}``.
-When the alias moves, the ``AliasFollower`` (a thread in the process that started
-serving) redeploys with the new ``user_config``; Serve calls ``reconfigure`` on each
-running replica in place, which loads the new version fully in a worker thread and
-then swaps one reference. A batch reads that reference once, so every request is
-served wholly by one version, and every answer names it.
+Replicas are pinned to a resolved version: ``user_config={"version": v}`` at deploy,
+and ``reconfigure`` loads it. When serving ``models:/NAME@ALIAS``, each replica runs a
+small follower task that re-resolves the alias every ``poll_s`` seconds and, when it
+moved, calls the same load path: the new version is loaded fully in a worker thread
+and then one reference is swapped. A batch reads that reference once, so every request
+is served wholly by one version, and every answer names it.
+
+Why a follower inside each replica and not a driver redeploying with a new
+``user_config``: from the Python API, ``serve.run`` gives every deploy a new code
+version, so Serve replaces the replicas (a rolling restart) instead of reconfiguring
+them in place; and a driver-side watcher would die with the ``setpipe serve`` process
+while a cluster app lives on. A replica started later (autoscaling, a restart)
+resolves the alias itself before it takes traffic, so it never starts on the old
+version. With several replicas the move is not simultaneous: for up to ``poll_s``
+some replicas answer with the old version and some with the new, each answer naming
+its own.
 
 Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready`` (503 until a model is
 loaded), ``GET /model``.
@@ -16,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -61,6 +70,7 @@ class ServeConfig(BaseModel):
         default=64,
         ge=1,
     )
+    poll_s: float = Field(default=5.0, gt=0.0, description="Seconds between alias checks.")
 
 
 api = FastAPI(
@@ -107,19 +117,46 @@ class SetModelServer:
         self._loaded: Any = None  # LoadedSetModel; replaced whole, never mutated
         self._batcher: ElementBatcher | None = None
         self._swap = asyncio.Lock()
+        self._follower: asyncio.Task | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Load ``user_config["version"]`` fully, then swap it in (Serve calls this in place)."""
+        """Load the pinned version (Serve calls this before the replica takes traffic)."""
+        version = str(user_config["version"])
+        if self._config.alias is not None:
+            try:
+                # A replica started after the alias moved must not begin on the old version.
+                version = await asyncio.to_thread(self._resolve_alias)
+            except Exception as err:
+                log.warning("cannot resolve @%s (%s); loading %s", self._config.alias, err, version)
+        await self._load(version)
+        if self._config.alias is not None and self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
+
+    def _resolve_alias(self) -> str:
+        from setpipe.tracking.registry import resolve
+
+        uri = f"models:/{self._config.name}@{self._config.alias}"
+        return str(resolve(uri, self._config.tracking_uri)[1])
+
+    async def _load(self, version: str) -> None:
+        """Load ``version`` fully in a worker thread, then swap the one reference."""
         from setpipe.tracking.pyfunc import load_set_model
 
-        version = str(user_config["version"])
         async with self._swap:
-            if self._loaded is not None and self._loaded.version == version:
+            if self._loaded is not None and str(self._loaded.version) == version:
                 return
             uri = f"models:/{self._config.name}/{version}"
             loaded = await asyncio.to_thread(load_set_model, uri, self._config.tracking_uri)
-            self._loaded = loaded
+            self._loaded = loaded  # the swap: batches that start from now on use it
         log.info("serving %s version %s", self._config.name, version)
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.poll_s)
+            try:
+                await self._load(await asyncio.to_thread(self._resolve_alias))
+            except Exception as err:  # a flaky store must not stop the following
+                log.warning("alias check failed, retrying in %.0f s: %s", self._config.poll_s, err)
 
     def _predict(self, batch: Any) -> tuple[Any, list[dict]]:
         loaded = self._loaded  # read once: the whole batch runs on this version
@@ -186,6 +223,8 @@ class SetModelServer:
         )
 
     def __del__(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
         if self._batcher is not None:
             self._batcher.close()
 
@@ -218,49 +257,5 @@ def build_app(config: ServeConfig, version: str) -> serve.Application:
 
 
 def deploy(config: ServeConfig, version: str) -> None:
-    """Deploy, or move the running app to ``version`` (an in-place reconfigure)."""
+    """Deploy the app pinned to ``version`` (replicas then follow ``config.alias``, if set)."""
     serve.run(build_app(config, version), name=APP_NAME, route_prefix="/")
-
-
-class AliasFollower:
-    """Polls ``models:/NAME@ALIAS`` and moves the app when it resolves to a new version.
-
-    A thread in the process that deployed the app (``setpipe serve``, or a test).
-    """
-
-    def __init__(self, config: ServeConfig, version: str, poll_s: float = 5.0) -> None:
-        if config.alias is None:
-            raise ValueError("AliasFollower needs config.alias")
-        self.config = config
-        self.version = str(version)
-        self.poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="setpipe-alias", daemon=True)
-
-    def start(self) -> AliasFollower:
-        self._thread.start()
-        return self
-
-    def poll_once(self) -> bool:
-        """Resolve the alias; redeploy if it moved. True when it moved."""
-        from setpipe.tracking.registry import resolve
-
-        uri = f"models:/{self.config.name}@{self.config.alias}"
-        _, version = resolve(uri, self.config.tracking_uri)
-        if str(version) == self.version:
-            return False
-        log.info("%s moved from version %s to %s", uri, self.version, version)
-        deploy(self.config, str(version))
-        self.version = str(version)
-        return True
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.poll_once()
-            except Exception as err:  # a flaky store must not stop following
-                log.warning("alias poll failed, retrying in %.0f s: %s", self.poll_s, err)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)

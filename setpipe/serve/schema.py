@@ -125,8 +125,8 @@ class ParsedRequest:
 
 
 def _describe(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return "a list"
+    if isinstance(value, np.ndarray | list) and len(value) == 0:
+        return "an empty list"
     if isinstance(value, str):
         shown = value if len(value) <= 20 else value[:17] + "..."
         return json.dumps(shown)
@@ -136,7 +136,7 @@ def _describe(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, dict):
         return "an object"
-    if isinstance(value, list):
+    if isinstance(value, np.ndarray | list):
         return "a list"
     return repr(value)
 
@@ -187,11 +187,15 @@ def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
     """
     features = job.data.elements.feature_names
     context_names = list(job.data.context)
+    if isinstance(sets, np.ndarray):
+        sets = sets.tolist()  # the fast path made "[1, 2]" an array: name its entries below
     if not isinstance(sets, list) or not sets:
         raise BadRequest(422, f"sets: expected a non-empty list of sets, found {_describe(sets)}")
     if len(sets) > limits.max_sets:
         raise BadRequest(
-            413, f"sets: {len(sets)} sets exceed the limit of {limits.max_sets} per request"
+            413,
+            f"sets: {len(sets)} sets exceed the limit of {limits.max_sets} per request "
+            "(--max-sets)",
         )
     columns: list[list[np.ndarray]] = [[] for _ in features]
     sizes: list[int] = []
@@ -222,7 +226,8 @@ def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
         if n > limits.max_elements_per_set:
             raise BadRequest(
                 413,
-                f"{where}: {n} elements exceed the limit of {limits.max_elements_per_set} per set",
+                f"{where}: {n} elements exceed the limit of {limits.max_elements_per_set} per set "
+                "(--max-elements-per-set)",
             )
         columns[0].append(first)
         for f, name in enumerate(features[1:], start=1):
@@ -257,7 +262,7 @@ def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
     # One float32 [E, F] block, filled column by column (no [E, F] float64 intermediate).
     values = np.empty((sum(sizes), len(features)), dtype=np.float32)
     for f, parts in enumerate(columns):
-        np.concatenate(parts, out=values[:, f], dtype=np.float32, casting="same_kind")
+        np.concatenate(parts, out=values[:, f], casting="same_kind")
     offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     return SetBatch(

@@ -1,0 +1,89 @@
+"""Serving fixtures: one tiny model trained ONCE, one Serve app per session on loopback.
+
+Serve start costs ~10 s and training a few more, so everything here is session-scoped
+and shared by the serving tests; the app is shut down at the end of the session.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from serve_helpers import (
+    REPO,
+    TEST_ELEMENT_BUDGET,
+    TEST_LIMITS,
+    Registered,
+    Server,
+    free_port,
+)
+
+from setpipe.spec import load_job
+
+
+@pytest.fixture(scope="session")
+def registered(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Registered:
+    """The quickstart job trained for one epoch on tiny synthetic jets, registered once."""
+    from setpipe.cli import main
+    from setpipe.pipeline import run
+
+    root = tmp_path_factory.mktemp("serve")
+    data = root / "data"
+    assert (
+        main(
+            [
+                "datagen", "jets", "--out", str(data),
+                "--train", "300", "--validation", "100", "--test", "100", "--seed", "0",
+            ]
+        )
+        == 0
+    )  # fmt: skip
+    workdir = root / "work"
+    job = load_job(
+        REPO / "jobs" / "quickstart.yaml",
+        [
+            f"workdir={workdir}",
+            f"data.train={data}/train",
+            f"data.validation={data}/validation",
+            f"data.test={data}/test",
+            "train.epochs=1",
+        ],
+    )
+    summary = run(job, progress=False)
+    from setpipe.tracking.registry import resolve
+
+    uri = f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
+    name, version = resolve(f"models:/{job.model_name}@{job.tracking.alias}", uri)
+    assert str(version) == str(summary.version)
+    return Registered(job, uri, name, str(version), data)
+
+
+@pytest.fixture(scope="session")
+def server(registered: Registered) -> Iterator[Server]:
+    """The real Serve app on 127.0.0.1:<free port>, following @champion every second."""
+    from ray import serve
+
+    from setpipe.serve.app import ServeConfig, deploy
+    from setpipe.serve.schema import Limits
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = ServeConfig(
+        name=registered.name,
+        alias=registered.job.tracking.alias,
+        tracking_uri=registered.tracking_uri,
+        limits=Limits(**TEST_LIMITS),
+        element_budget=TEST_ELEMENT_BUDGET,
+        num_cpus=0.5,
+        poll_s=1.0,
+    )
+    deploy(config, registered.version)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/ready", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the Serve app did not become ready in 60 s"
+        time.sleep(0.2)
+    yield Server(url, registered)
+    serve.shutdown()
