@@ -59,9 +59,13 @@ def parse_key(key: str) -> tuple[Segment, ...]:
 
 
 def parse_value(raw: str, key: str) -> Any:
+    """The override's value as YAML reads it; text YAML cannot read ("*/5 * * * *") stays text."""
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as err:
+        if not raw.lstrip().startswith(("[", "{")):
+            # A cron line or "@daily" is not valid YAML, but the user plainly means the text.
+            return raw
         problem = getattr(err, "problem", None) or str(err)
         raise _Problem(
             f"{key}: cannot read {raw!r} as a YAML value ({problem}); quote it, e.g. "
