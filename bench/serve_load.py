@@ -1,0 +1,259 @@
+"""Load test: setpipe's Ray Serve app vs `mlflow models serve` of the same registered version.
+
+Loopback only, fixed durations, stops by itself. For 50-element and 10k-element sets,
+16 concurrent clients post one set per request for DURATION seconds to each server in
+turn; requests/s and p50/p99 latency are measured client-side. Then one request with
+a 10⁶-element set goes to setpipe while the replica's RSS (found by the pid that
+GET /model reports, read from /proc) is sampled every 10 ms.
+
+    .venv/bin/python bench/serve_load.py [--quick] [--duration S] [--model-uri URI --tracking-uri URI]
+
+Without --model-uri it trains the quickstart model on generated jets in a temp dir
+first. Ends with one line:
+RESULT rps_vs_mlflow=... p99_vs_mlflow=... huge_set_rss_mb=...
+(rps ratio: the smaller over the two set sizes; p99 ratio: the larger.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FEATURES = ["part_pt", "part_eta", "part_phi", "part_pid"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_set(n: int, seed: int) -> dict:
+    """A jet-like set of n particles, numbers rounded as a client would send them."""
+    rng = np.random.default_rng(seed)
+    return {
+        "features": {
+            "part_pt": rng.exponential(5.0, n).round(3).tolist(),
+            "part_eta": rng.normal(0, 0.3, n).round(4).tolist(),
+            "part_phi": rng.normal(0, 0.3, n).round(4).tolist(),
+            "part_pid": rng.choice([22.0, 211.0, -211.0, 130.0], n).tolist(),
+        },
+        "context": {"jet_pt": float(rng.uniform(300, 700))},
+    }
+
+
+def train_model(root: Path) -> tuple[str, str]:
+    """Train and register the quickstart model on generated jets; (model uri, tracking uri)."""
+    from setpipe.cli import main
+    from setpipe.pipeline import run
+    from setpipe.spec import load_job
+
+    data = root / "data"
+    args = ["datagen", "jets", "--out", str(data), "--train", "2000", "--validation", "500"]
+    if main([*args, "--test", "200", "--seed", "0"]) != 0:
+        raise SystemExit("datagen failed")
+    job = load_job(
+        REPO / "jobs" / "quickstart.yaml",
+        [
+            f"workdir={root / 'work'}",
+            f"data.train={data}/train",
+            f"data.validation={data}/validation",
+            f"data.test={data}/test",
+            "train.epochs=1",
+        ],
+    )
+    summary = run(job, progress=False)
+    return summary.model_uri, f"sqlite:///{(root / 'work').resolve() / 'mlflow.db'}"
+
+
+async def load(url: str, bodies: list[bytes], clients: int, duration: float) -> dict:
+    """`clients` loops posting bodies round-robin for `duration` s; latency stats in ms."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=120) as http:
+
+        async def client(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                r = await http.post(url, content=bodies[i % len(bodies)], headers=headers)
+                if r.status_code != 200:
+                    errors += 1
+                latencies.append(time.perf_counter() - t0)
+                i += clients
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        wall = time.perf_counter() - t0
+    ms = np.asarray(latencies) * 1e3
+    return {
+        "requests": len(ms),
+        "errors": errors,
+        "rps": len(ms) / wall,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+    }
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def huge_set_rss(url: str, n: int) -> tuple[float, float, int]:
+    """Post one n-element set; (RSS growth MB of the replica, seconds, status)."""
+    pid = httpx.get(f"{url}/model").json()["pid"]
+    body = json.dumps({"sets": [make_set(n, seed=99)]}).encode()
+    print(f"huge set: {n} elements, {len(body) / 1e6:.1f} MB of JSON, replica pid {pid}")
+    base = rss_mb(pid)
+    peak = base
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_mb(pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    t0 = time.perf_counter()
+    response = httpx.post(f"{url}/predict", content=body, timeout=600)
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    return peak - base, seconds, response.status_code
+
+
+def start_mlflow(model_uri: str, tracking_uri: str, port: int, log: Path) -> subprocess.Popen:
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+    }
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    cmd += ["-h", "127.0.0.1", "-p", str(port)]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not up after {timeout:.0f} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short phases, 10⁵-element huge set")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--model-uri", default=None, help="models:/NAME/VERSION (else trains)")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--replicas", type=int, default=1)
+    args = parser.parse_args()
+    duration = args.duration or (4.0 if args.quick else 20.0)
+    huge_n = 100_000 if args.quick else 1_000_000
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+    from ray import serve
+
+    from setpipe.serve.app import ServeConfig, deploy
+    from setpipe.tracking.registry import resolve
+
+    tmp = Path(tempfile.mkdtemp(prefix="setpipe-bench-"))
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ctx = __import__("ray.data", fromlist=["DataContext"]).DataContext.get_current()
+    ctx.enable_progress_bars = False
+    if args.model_uri:
+        model_uri, tracking_uri = args.model_uri, args.tracking_uri
+    else:
+        model_uri, tracking_uri = train_model(tmp)
+    name, version = resolve(model_uri, tracking_uri)
+    pinned = f"models:/{name}/{version}"
+    print(f"model {pinned}; {args.clients} clients, {duration:.0f} s per phase")
+
+    port, mlflow_port = free_port(), free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deploy(ServeConfig(name=name, tracking_uri=tracking_uri, replicas=args.replicas), version)
+    setpipe_url = f"http://127.0.0.1:{port}"
+    wait_http(f"{setpipe_url}/ready")
+    mlflow_proc = start_mlflow(pinned, tracking_uri, mlflow_port, tmp / "mlflow-serve.log")
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    results: dict[tuple[str, int], dict] = {}
+    try:
+        wait_http(f"{mlflow_url}/ping", mlflow_proc)
+        for n in (50, 10_000):
+            sets = [make_set(n, seed) for seed in range(8)]
+            targets = {
+                "setpipe": (f"{setpipe_url}/predict", "sets"),
+                "mlflow": (f"{mlflow_url}/invocations", "inputs"),
+            }
+            for server, (url, key) in targets.items():
+                bodies = [json.dumps({key: [s]}).encode() for s in sets]
+                asyncio.run(load(url, bodies, args.clients, 1.0))  # warm-up
+                stats = asyncio.run(load(url, bodies, args.clients, duration))
+                results[(server, n)] = stats
+                print(
+                    f"{server:8s} {n:6d} elements: {stats['rps']:8.1f} req/s  "
+                    f"p50 {stats['p50_ms']:8.1f} ms  p99 {stats['p99_ms']:8.1f} ms  "
+                    f"errors {stats['errors']}/{stats['requests']}",
+                    flush=True,
+                )
+        growth, seconds, status = huge_set_rss(setpipe_url, huge_n)
+        print(f"huge set answered with {status} in {seconds:.1f} s; replica RSS +{growth:.0f} MB")
+    finally:
+        mlflow_proc.terminate()
+        try:
+            mlflow_proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            mlflow_proc.kill()
+        serve.shutdown()
+        ray.shutdown()
+    rps = {n: results[("setpipe", n)]["rps"] / results[("mlflow", n)]["rps"] for n in (50, 10_000)}
+    p99 = {
+        n: results[("setpipe", n)]["p99_ms"] / results[("mlflow", n)]["p99_ms"]
+        for n in (50, 10_000)
+    }
+    errors = sum(r["errors"] for r in results.values())
+    print(
+        f"RESULT rps_vs_mlflow={min(rps.values()):.2f} p99_vs_mlflow={max(p99.values()):.2f} "
+        f"huge_set_rss_mb={growth:.0f} rps_vs_mlflow_50={rps[50]:.2f} "
+        f"rps_vs_mlflow_10k={rps[10_000]:.2f} p99_vs_mlflow_50={p99[50]:.2f} "
+        f"p99_vs_mlflow_10k={p99[10_000]:.2f} huge_set_elements={huge_n} "
+        f"huge_set_status={status} errors={errors}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
