@@ -1,0 +1,61 @@
+"""`setpipe schedule JOBS_DIR --address URL [--once] [--interval S]`: retrain on a schedule."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from setpipe.commands._address import add_address
+
+HELP = "Submit the scheduled jobs of a directory when due (cron, on_new_data, concurrency)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "jobs_dir", metavar="JOBS_DIR", help="directory of job YAMLs (reloaded on change)"
+    )
+    add_address(parser)
+    parser.add_argument(
+        "--workdir",
+        default=".setpipe",
+        help="where scheduler.db (last fire times, submissions, data fingerprints) lives",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="one pass, then exit (for cron or a Kubernetes CronJob)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=30.0, metavar="S", help="seconds between passes"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="catchup none: a due time older than this is missed, not run",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from setpipe.jobs.scheduler import Scheduler
+    from setpipe.jobs.state import State
+    from setpipe.jobs.submit import JobsClient
+
+    state = State(Path(args.workdir) / "scheduler.db")
+    try:
+        scheduler = Scheduler(
+            args.jobs_dir, JobsClient(args.address), state, grace=timedelta(seconds=args.grace)
+        )
+        if args.once:
+            events = scheduler.run_once()
+            for event in events:
+                print(event)
+            return 1 if any(e.action == "error" for e in events) else 0
+        print(f"scheduling {args.jobs_dir} every {args.interval:g} s (Ctrl-C stops)")
+        scheduler.run_forever(
+            args.interval,
+            log=lambda line: print(f"{datetime.now(UTC):%H:%M:%SZ} {line}", flush=True),
+        )
+    finally:
+        state.close()
+    return 0
