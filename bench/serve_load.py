@@ -6,7 +6,8 @@ turn; requests/s and p50/p99 latency are measured client-side. Then one request 
 a 10⁶-element set goes to setpipe while the replica's RSS (found by the pid that
 GET /model reports, read from /proc) is sampled every 10 ms.
 
-    .venv/bin/python bench/serve_load.py [--quick] [--duration S] [--model-uri URI --tracking-uri URI]
+    .venv/bin/python bench/serve_load.py [--quick] [--duration S]
+        [--model-uri URI --tracking-uri URI]
 
 Without --model-uri it trains the quickstart model on generated jets in a temp dir
 first. Ends with one line:

@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from setpipe.serve.app import ServeConfig, alias_of, deploy
+    from setpipe.serve.app import ServeConfig, deploy
     from setpipe.serve.schema import Limits
-    from setpipe.tracking.registry import resolve
+    from setpipe.tracking.registry import parse_registry_uri, resolve
 
     uri = tracking_uri(args)
     name, version = resolve(args.model_uri, uri)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     }
     config = ServeConfig(
         name=name,
-        alias=alias_of(args.model_uri),
+        alias=parse_registry_uri(args.model_uri)[1],  # resolve() accepted it: not None
         tracking_uri=uri,
         limits=Limits(**limits),
         element_budget=args.batch_elements,

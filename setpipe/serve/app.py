@@ -229,12 +229,6 @@ class SetModelServer:
             self._batcher.close()
 
 
-def alias_of(model_uri: str) -> str | None:
-    """``champion`` for ``models:/NAME@champion``; None for ``models:/NAME/VERSION``."""
-    _, at, alias = model_uri.rpartition("@")
-    return alias if at and "/" not in alias else None
-
-
 def build_app(config: ServeConfig, version: str) -> serve.Application:
     """The application for one resolved version (replica options from the config)."""
     options: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """The serving API's request and response, and the validation that turns a body into a SetBatch.
 
 A request holds one or many sets, each in the job's element layout by raw element
-feature name (the same input the registered pyfunc takes)::
+feature name (the registered pyfunc's ``SetInput``, one definition)::
 
     {"sets": [{"features": {"part_pt": [...], "part_eta": [...], ...},
                "context": {"jet_pt": 512.0}}]}
@@ -27,6 +27,7 @@ from setpipe.data.batch import SetBatch
 from setpipe.errors import ServeError
 from setpipe.serve._json import loads_numeric
 from setpipe.spec.models import JobSpec
+from setpipe.tracking.pyfunc import SetInput
 
 
 class BadRequest(ServeError):
@@ -57,25 +58,12 @@ class Limits(BaseModel):
 # --------------------------------------------------------------------------- API models
 
 
-class SetIn(BaseModel):
-    """One set: raw element feature name -> one value per element; context name -> value."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    features: dict[str, list[float]] = Field(
-        description="Every raw element feature of the job, equal-length lists of finite numbers."
-    )
-    context: dict[str, float] = Field(
-        default_factory=dict, description="The job's set-level context features, if any."
-    )
-
-
 class PredictRequest(BaseModel):
     """Body of ``POST /predict`` (documentation; the handler validates by hand, see above)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    sets: list[SetIn] = Field(min_length=1, description="One or many sets.")
+    sets: list[SetInput] = Field(min_length=1, description="One or many sets.")
 
 
 class ModelRef(BaseModel):
