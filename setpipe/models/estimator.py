@@ -36,7 +36,7 @@ import torch
 
 from setpipe.data.batch import SetBatch
 from setpipe.errors import ModelError
-from setpipe.models.protocol import state_dtype
+from setpipe.models.protocol import MBCState, scale_grad, state_dtype
 
 if TYPE_CHECKING:
     from setpipe.models.set_model import SetModel
@@ -174,13 +174,17 @@ def estimated_forward(
     subsets: GradSubsets,
     chunk_size: int,
     generator: torch.Generator | None = None,
+    state0: MBCState | None = None,
 ) -> torch.Tensor:
-    """The model's outputs on ``batch`` with the gradient carried by ``subsets`` only."""
-    from setpipe.models.protocol import scale_grad
+    """The model's outputs on ``batch`` with the gradient carried by ``subsets`` only.
 
+    ``state0`` is the initial state (its random slots) when already drawn, else it is
+    drawn here from ``generator``.
+    """
     enc = model.encoder
     values, offsets = batch.values, batch.offsets
-    state0 = enc.init_state(batch.num_sets, values.device, state_dtype(values.dtype), generator)
+    if state0 is None:
+        state0 = enc.init_state(batch.num_sets, values.device, state_dtype(values.dtype), generator)
 
     sub = state0
     for i in range(0, subsets.pool.numel(), chunk_size):

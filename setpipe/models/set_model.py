@@ -73,8 +73,13 @@ class SetModel(nn.Module):
                 "the gradient estimator (train.grad_element_budget) needs a mini-batch "
                 "consistent encoder (deepsets, umbc); set_transformer sees whole sets"
             )
+        enc: MBCEncoder = self.encoder  # type: ignore[assignment]
+        # Slots first, from the same generator as ``forward``: same seed, same slots.
+        state0 = enc.init_state(
+            batch.num_sets, batch.values.device, state_dtype(batch.values.dtype), generator
+        )
         subsets = sample_subsets(batch, grad_budget, generator, scoring=self.task == "rank")
-        return estimated_forward(self, batch, subsets, chunk_size, generator)
+        return estimated_forward(self, batch, subsets, chunk_size, state0=state0)
 
     # ------------------------------------------------------------------ constant memory
 

@@ -45,18 +45,25 @@ class MAB(nn.Module):
         b, nq, _ = q.shape
         nk = k.shape[1]
         qp = self.fc_q(q)
-        qh = qp.view(b, nq, self.heads, self.head_dim)
-        kh = self.fc_k(k).view(b, nk, self.heads, self.head_dim)
         vh = self.fc_v(k).view(b, nk, self.heads, self.head_dim)
+        attn = self.weights(qp, self.fc_k(k), key_mask)
+        h = qp + torch.einsum("bhqk,bkhd->bqhd", attn, vh).reshape(b, nq, -1)
+        h = self.ln0(h)
+        return self.ln1(h + torch.relu(self.fc_o(h)))
+
+    def weights(
+        self, qp: torch.Tensor, kp: torch.Tensor, key_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention weights [B, H, Nq, Nk] from projected queries and keys."""
+        b, nq, _ = qp.shape
+        qh = qp.view(b, nq, self.heads, self.head_dim)
+        kh = kp.view(b, kp.shape[1], self.heads, self.head_dim)
         logits = torch.einsum("bqhd,bkhd->bhqk", qh, kh) / math.sqrt(self.head_dim)
         if key_mask is not None:
             # finfo.min, not -inf: a set with no keys (empty) gets a finite uniform
             # attention instead of NaN; any real key outweighs it by exp(huge).
             logits = logits.masked_fill(~key_mask[:, None, None, :], torch.finfo(logits.dtype).min)
-        attn = logits.softmax(dim=-1)
-        h = qp + torch.einsum("bhqk,bkhd->bqhd", attn, vh).reshape(b, nq, -1)
-        h = self.ln0(h)
-        return self.ln1(h + torch.relu(self.fc_o(h)))
+        return logits.softmax(dim=-1)
 
 
 class SAB(nn.Module):
