@@ -1,0 +1,237 @@
+"""The model registry: every run registers a version; the champion alias moves only on merit.
+
+Aliases, not stages (stages are deprecated in MLflow 3): each registered version gets
+``challenger``; ``job.tracking.alias`` (``champion``) moves to it only when its
+validation metric beats the current champion's per ``job.promotion`` (strictly), or
+when there is no champion yet. The gated figure is kept on each model version (tag
+``setpipe.metric``), so the comparison is always between the numbers the gate saw.
+The decision and both figures are logged on the run (``gate.*`` metrics and tags).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from setpipe.errors import RegistryError
+from setpipe.spec.models import JobSpec
+
+CHALLENGER = "challenger"
+METRIC_TAG = "setpipe.metric"
+METRIC_NAME_TAG = "setpipe.metric_name"
+
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    name: str
+    """Registered model name."""
+    version: str
+    """The version this run registered (it holds ``challenger``)."""
+    challenger_metric: float | None
+    """This run's validation figure on the promotion metric (None: no validation)."""
+    champion_version_before: str | None
+    """Who held the champion alias before the gate (None: nobody)."""
+    champion_metric_before: float | None
+    """Their figure (None: nobody, or no figure recorded)."""
+    moved: bool
+    """Whether the champion alias now points at ``version``."""
+    reason: str
+    """One sentence saying why, with both figures."""
+
+
+def parse_registry_uri(model_uri: str) -> tuple[str, str | None, str | None] | None:
+    """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/VERSION`` -> (NAME, None,
+    VERSION); anything else (``models:/m-<id>``, runs:/, paths) -> None."""
+    match = _URI.match(model_uri)
+    if match is None:
+        return None
+    return match["name"], match["alias"], match["version"]
+
+
+def _aliases_text(client: MlflowClient, name: str) -> str:
+    model = client.get_registered_model(name)
+    if not model.aliases:
+        return "it has no aliases"
+    pairs = ", ".join(f"@{a} -> {v}" for a, v in sorted(model.aliases.items()))
+    return f"its aliases are {pairs}"
+
+
+def _versions_text(client: MlflowClient, name: str) -> str:
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    return f"its versions are {', '.join(map(str, versions))}" if versions else "it has no versions"
+
+
+def resolve(model_uri: str, tracking_uri: str | None = None) -> tuple[str, str]:
+    """(name, version) that ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` points at now.
+
+    Raises RegistryError naming the URI, what exists, and the fix.
+    """
+    parsed = parse_registry_uri(model_uri)
+    if parsed is None:
+        raise RegistryError(
+            f"{model_uri!r} is not a registered model URI; expected models:/NAME@ALIAS (e.g. "
+            "models:/jets@champion) or models:/NAME/VERSION (e.g. models:/jets/3)"
+        )
+    name, alias, version = parsed
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models())
+        known = f"registered models are {', '.join(names)}" if names else "no model is registered"
+        raise RegistryError(
+            f"{model_uri}: no registered model {name!r} at {client.tracking_uri}; {known}. "
+            "Train the job first (setpipe run) or fix the name"
+        ) from None
+    if alias is not None:
+        try:
+            mv = client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            raise RegistryError(
+                f"{model_uri}: model {name!r} has no alias @{alias}; "
+                f"{_aliases_text(client, name)}. Use one of them or models:/{name}/VERSION"
+            ) from None
+        return name, str(mv.version)
+    if not (version or "").isdigit():
+        raise RegistryError(
+            f"{model_uri}: version {version!r} is not a number; {_versions_text(client, name)}"
+        )
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise RegistryError(
+            f"{model_uri}: model {name!r} has no version {version}; {_versions_text(client, name)}"
+        ) from None
+    return name, str(version)
+
+
+def _recorded_metric(client: MlflowClient, name: str, version: str) -> float | None:
+    mv = client.get_model_version(name, version)
+    text = mv.tags.get(METRIC_TAG)
+    if text is None:
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def decide(
+    challenger: float | None,
+    champion_version: str | None,
+    champion: float | None,
+    metric: str,
+    direction: str,
+) -> tuple[bool, str]:
+    """Whether the alias moves, and why (pure: the whole gate rule in one place)."""
+    if champion_version is None:
+        return True, "no champion yet"
+    if challenger is None or not math.isfinite(challenger):
+        return False, f"no {metric} for this version (no validation data)"
+    if champion is None:
+        return True, f"champion version {champion_version} has no recorded {metric}"
+    better = challenger > champion if direction == "maximize" else challenger < champion
+    relation = ">" if challenger > champion else ("<" if challenger < champion else "=")
+    verdict = "beats" if better else "does not beat"
+    return better, (
+        f"{metric} {challenger:.6g} {relation} {champion:.6g} of version {champion_version}: "
+        f"{verdict} the champion ({direction})"
+    )
+
+
+def register_and_gate(
+    job: JobSpec, run_id: str, logged_model_uri: str, metric_value: float | None
+) -> GateDecision:
+    """Register ``logged_model_uri`` as a new version of ``job.model_name``, alias it
+    ``challenger``, and move ``job.tracking.alias`` to it if it beats the champion."""
+    from setpipe.tracking.mlflow_run import tracking_uri_for
+
+    tracking_uri = tracking_uri_for(job)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    name, alias = job.model_name, job.tracking.alias
+    metric, direction = job.promotion
+    if metric_value is not None and not math.isfinite(metric_value):
+        metric_value = None
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = (
+        logged_model_uri.removeprefix("models:/")
+        if logged_model_uri.startswith("models:/m-")
+        else None
+    )
+    tags = {METRIC_NAME_TAG: metric, "setpipe.job": job.name}
+    if metric_value is not None:
+        tags[METRIC_TAG] = repr(float(metric_value))
+    mv = client.create_model_version(
+        name, source=logged_model_uri, run_id=run_id, tags=tags, model_id=model_id
+    )
+    version = str(mv.version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+
+    try:
+        champion_version: str | None = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        champion_version = None
+    champion_metric = (
+        _recorded_metric(client, name, champion_version) if champion_version is not None else None
+    )
+    moved, reason = decide(metric_value, champion_version, champion_metric, metric, direction)
+    if moved:
+        client.set_registered_model_alias(name, alias, version)
+
+    decision = GateDecision(
+        name=name,
+        version=version,
+        challenger_metric=metric_value,
+        champion_version_before=champion_version,
+        champion_metric_before=champion_metric,
+        moved=moved,
+        reason=reason,
+    )
+    _log_decision(client, run_id, job, decision)
+    return decision
+
+
+def _log_decision(client: MlflowClient, run_id: str, job: JobSpec, d: GateDecision) -> None:
+    """``gate.*`` on the run: the figures as metrics, the who and why as tags."""
+    metric, direction = job.promotion
+    metrics = {"gate.moved": 1.0 if d.moved else 0.0}
+    if d.challenger_metric is not None:
+        metrics["gate.challenger_metric"] = d.challenger_metric
+    if d.champion_metric_before is not None:
+        metrics["gate.champion_metric_before"] = d.champion_metric_before
+    tags = {
+        "gate.model": d.name,
+        "gate.version": d.version,
+        "gate.alias": job.tracking.alias,
+        "gate.metric": metric,
+        "gate.direction": direction,
+        "gate.moved": "true" if d.moved else "false",
+        "gate.champion_version_before": d.champion_version_before or "none",
+        "gate.reason": d.reason,
+    }
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+
+
+__all__ = [
+    "CHALLENGER",
+    "GateDecision",
+    "decide",
+    "parse_registry_uri",
+    "register_and_gate",
+    "resolve",
+]
