@@ -80,6 +80,7 @@ class Scheduler:
         now: Callable[[], datetime] = _utc_now,
         grace: timedelta = timedelta(minutes=5),
         max_catchup: int = 50,
+        entrypoint: str | None = None,
     ) -> None:
         self.jobs_dir = Path(jobs_dir)
         if not self.jobs_dir.is_dir():
@@ -89,6 +90,9 @@ class Scheduler:
         self.now = now
         self.grace = grace
         self.max_catchup = max_catchup
+        # None runs `setpipe run` of the resolved job; another command (a wrapper script,
+        # or a quick stand-in in tests) gets the same runtime env and ids.
+        self.entrypoint = entrypoint
         self._files: dict[Path, _Loaded] = {}
 
     # ------------------------------------------------------------------ passes
@@ -261,7 +265,12 @@ class Scheduler:
                 self.client.stop(sub.submission_id)
                 stopped.append(sub.submission_id)
         try:
-            self.client.submit(job, sid, metadata={"setpipe_scheduled": when.isoformat()})
+            self.client.submit(
+                job,
+                sid,
+                entrypoint=self.entrypoint,
+                metadata={"setpipe_scheduled": when.isoformat()},
+            )
             action: Action = "submitted"
         except DuplicateSubmission:
             action = "already_submitted"
