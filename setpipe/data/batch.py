@@ -113,6 +113,37 @@ class SetBatch:
         )
 
     @staticmethod
+    def concat(batches: list[SetBatch]) -> SetBatch:
+        """One batch holding the sets of ``batches`` in order (optional fields: all or none)."""
+        if len(batches) == 1:
+            return batches[0]
+
+        def cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if parts[0] is None else torch.cat(parts, 0)  # type: ignore[arg-type]
+
+        sizes = torch.cat([b.sizes() for b in batches])
+        offsets = torch.zeros(sizes.numel() + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(sizes, 0)
+        return SetBatch(
+            values=torch.cat([b.values for b in batches], 0),
+            offsets=offsets,
+            context=cat([b.context for b in batches]),
+            targets=cat([b.targets for b in batches]),
+            element_targets=cat([b.element_targets for b in batches]),
+        )
+
+    def slice_sets(self, start: int, stop: int) -> SetBatch:
+        """Sets ``start:stop`` as a new batch; values are views, no copy."""
+        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+        return SetBatch(
+            values=self.values[lo:hi],
+            offsets=self.offsets[start : stop + 1] - lo,
+            context=None if self.context is None else self.context[start:stop],
+            targets=None if self.targets is None else self.targets[start:stop],
+            element_targets=None if self.element_targets is None else self.element_targets[lo:hi],
+        )
+
+    @staticmethod
     def from_sets(
         sets: list[torch.Tensor],
         context: torch.Tensor | None = None,

@@ -137,11 +137,14 @@ def _worker(args: tuple[Path, int, int, int]) -> list[str]:
     return written
 
 
-def generate_pythia_jets(out_dir: Path, num_jets: int, workers: int = 1, seed: int = 0) -> list[Path]:
+def generate_pythia_jets(
+    out_dir: Path, num_jets: int, workers: int = 1, seed: int = 0
+) -> list[Path]:
     """Generate ``num_jets`` quark/gluon jets into Parquet files under ``out_dir``.
 
-    Half quark, half gluon jets. ~10-20 accepted jets per second per core; ``workers`` processes each take an equal
-    share with their own seed, so the output does not depend on scheduling.
+    Half quark, half gluon jets. ~10-20 accepted jets per second per core; ``workers``
+    processes each take an equal share with their own seed, so the output does not depend
+    on scheduling.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,216 @@
+"""Batches by element budget, a bounded shuffle buffer, size buckets, equal batch counts.
+
+A batch closes when the next set would take it past ``data.batch.element_budget``; a
+set larger than the budget goes alone (the encoder chunks it). The shuffle buffer
+holds at most ``data.shuffle.buffer_sets`` sets (plus one incoming block): when full,
+a random half of it is passed on. Every random draw comes from
+``numpy.random.default_rng([seed, epoch])``, so an epoch is reproducible given the
+order the blocks arrive in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+import torch
+
+from setpipe.data.bad_rows import check_rows
+from setpipe.data.batch import SetBatch
+from setpipe.data.convert import table_to_batch
+from setpipe.data.reading import iter_tables
+from setpipe.data.transforms import FittedTransforms
+from setpipe.spec.models import DataSpec
+
+if TYPE_CHECKING:
+    import ray.data
+
+T = TypeVar("T")
+
+
+@dataclass
+class BatchStats:
+    """What one pass delivered; the trainer logs ``skipped_rows``."""
+
+    sets: int = 0
+    elements: int = 0
+    batches: int = 0
+    skipped_rows: int = 0
+    padded_slots: int = 0
+    """Sum over batches of sets x largest set: the padded view's size."""
+
+    def add(self, batch: SetBatch) -> None:
+        self.sets += batch.num_sets
+        self.elements += batch.num_elements
+        self.batches += 1
+        if batch.num_sets:
+            self.padded_slots += batch.num_sets * int(batch.sizes().max())
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of a padded view's slots that would be padding."""
+        return 1.0 - self.elements / self.padded_slots if self.padded_slots else 0.0
+
+
+def budget_bounds(sizes: np.ndarray, budget: int) -> np.ndarray:
+    """Set indices where batches start and end: [0, b1, ..., n].
+
+    Greedy: a batch closes when the next set would exceed ``budget``; a set larger than
+    ``budget`` is a batch alone. One searchsorted per batch, none per set.
+    """
+    cum = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=cum[1:])
+    bounds = [0]
+    start, n = 0, len(sizes)
+    while start < n:
+        stop = int(np.searchsorted(cum, cum[start] + budget, side="right")) - 1
+        start = max(stop, start + 1)
+        bounds.append(start)
+    return np.asarray(bounds, dtype=np.int64)
+
+
+def budget_batches(chunks: Iterable[SetBatch], budget: int) -> Iterator[SetBatch]:
+    """Re-cut a stream of batches into element-budget batches, carrying the remainder."""
+    carry: SetBatch | None = None
+    for chunk in chunks:
+        if chunk.num_sets == 0:
+            continue
+        pool = chunk if carry is None else SetBatch.concat([carry, chunk])
+        bounds = budget_bounds(pool.sizes().numpy(), budget)
+        for i in range(len(bounds) - 2):
+            yield pool.slice_sets(int(bounds[i]), int(bounds[i + 1]))
+        carry = pool.slice_sets(int(bounds[-2]), int(bounds[-1]))
+    if carry is not None and carry.num_sets:
+        yield carry
+
+
+def bucket_batches(
+    chunks: Iterable[SetBatch], budget: int, rng: np.random.Generator
+) -> Iterator[SetBatch]:
+    """Element-budget batches of similar-size sets within each chunk, in random order.
+
+    Sorting by size inside a chunk (a shuffle-buffer's worth of sets) keeps the padded
+    view small; ties and the batch order are random, so epochs still differ.
+    """
+    for chunk in chunks:
+        if chunk.num_sets == 0:
+            continue
+        jitter = rng.permutation(chunk.num_sets)
+        order = jitter[np.argsort(chunk.sizes().numpy()[jitter], kind="stable")]
+        pool = chunk.select(torch.from_numpy(order))
+        bounds = budget_bounds(pool.sizes().numpy(), budget)
+        for i in rng.permutation(len(bounds) - 1):
+            yield pool.slice_sets(int(bounds[i]), int(bounds[i + 1]))
+
+
+def shuffle_sets(
+    chunks: Iterable[SetBatch], buffer_sets: int, rng: np.random.Generator
+) -> Iterator[SetBatch]:
+    """A local shuffle of sets through a buffer of about ``buffer_sets`` sets."""
+    pool: list[SetBatch] = []
+    held = 0
+    for chunk in chunks:
+        pool.append(chunk)
+        held += chunk.num_sets
+        if held < buffer_sets:
+            continue
+        merged = SetBatch.concat(pool)
+        perm = torch.from_numpy(rng.permutation(held))
+        keep = buffer_sets // 2
+        yield merged.select(perm[keep:])
+        pool, held = ([merged.select(perm[:keep])], keep) if keep else ([], 0)
+    if held:
+        merged = SetBatch.concat(pool)
+        yield merged.select(torch.from_numpy(rng.permutation(held)))
+
+
+def padding_fraction(sizes: np.ndarray, budget: int, bucket_window: int | None = None) -> float:
+    """Padding share of element-budget batches over ``sizes`` (sorted per window if given)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if bucket_window:
+        parts = [np.sort(sizes[i : i + bucket_window]) for i in range(0, len(sizes), bucket_window)]
+    else:
+        parts = [sizes]
+    real = padded = 0
+    for part in parts:
+        bounds = budget_bounds(part, budget)
+        counts = np.diff(bounds)
+        if len(counts) == 0:
+            continue
+        largest = np.maximum.reduceat(part, bounds[:-1])
+        padded += int((counts * largest).sum())
+        real += int(part.sum())
+    return 1.0 - real / padded if padded else 0.0
+
+
+def iter_set_batches(
+    source: ray.data.Dataset | ray.data.DataIterator,
+    spec: DataSpec,
+    transforms: FittedTransforms,
+    *,
+    epoch: int = 0,
+    shuffle: bool = True,
+    stats: BatchStats | None = None,
+) -> Iterator[SetBatch]:
+    """Element-budget SetBatches of model features from a Dataset or a Ray Train shard.
+
+    Bad rows follow ``spec.on_bad_row`` (skips counted in ``stats.skipped_rows``); with
+    ``shuffle`` the sets pass through the local shuffle buffer (seeded by
+    ``spec.shuffle.seed`` and ``epoch``). Shards of one Dataset given to Ray Train
+    workers (``get_dataset_shard``: ``streaming_split(equal=True)``) hold equal row
+    counts but not equal batch counts; wrap the iterator in ``equalize_batches``.
+    """
+    stats = stats if stats is not None else BatchStats()
+    rng = np.random.default_rng([spec.shuffle.seed, epoch])
+
+    def blocks() -> Iterator[SetBatch]:
+        for table in iter_tables(source):
+            table, skipped = check_rows(table, spec, "the data")
+            stats.skipped_rows += skipped
+            if table.num_rows:
+                yield transforms.apply(table_to_batch(table, spec))
+
+    chunks: Iterable[SetBatch] = blocks()
+    if shuffle and spec.shuffle.buffer_sets > 0:
+        chunks = shuffle_sets(chunks, spec.shuffle.buffer_sets, rng)
+    budget = spec.batch.element_budget
+    if spec.batch.bucket_by_size:
+        batches = bucket_batches(chunks, budget, rng)
+    else:
+        batches = budget_batches(chunks, budget)
+    for batch in batches:
+        stats.add(batch)
+        yield batch
+
+
+def equalize_batches(batches: Iterable[T], all_reduce_min: Callable[[int], int]) -> Iterator[T]:
+    """Stop every rank at the same step: yield while every rank still has a batch.
+
+    ``all_reduce_min(x)`` returns the minimum of ``x`` over the ranks (one collective per
+    step). Batches left on a rank after another ran out are drained, not yielded, so the
+    underlying shard's epoch ends cleanly.
+    """
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        if all_reduce_min(0 if batch is None else 1) == 0:
+            for _ in it:
+                pass
+            return
+        yield batch  # type: ignore[misc]
+
+
+def torch_all_reduce_min(device: torch.device | str = "cpu") -> Callable[[int], int]:
+    """``all_reduce_min`` over the default torch.distributed group (identity if none)."""
+    import torch.distributed as dist
+
+    def reduce(x: int) -> int:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
+    return reduce

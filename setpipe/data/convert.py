@@ -1,0 +1,117 @@
+"""Arrow rows -> SetBatch, straight from list offsets and flattened child arrays.
+
+No Python loop over rows: per chunk of a column, ``ListArray.flatten()`` gives the
+child values of exactly the rows in the (possibly sliced) chunk, and
+``list_value_length`` gives the set sizes. Loops run over chunks and features only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from setpipe.data.batch import SetBatch
+from setpipe.data.layout import element_columns
+from setpipe.errors import DataError
+from setpipe.spec.models import DataSpec, ParallelLists, StructList, VectorList
+
+
+def _chunks(col: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    return list(col.chunks) if isinstance(col, pa.ChunkedArray) else [col]
+
+
+def _numpy(arrays: list[pa.Array], dtype: type) -> np.ndarray:
+    parts = [np.asarray(a.to_numpy(zero_copy_only=False), dtype=dtype) for a in arrays]
+    if not parts:
+        return np.empty(0, dtype=dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def list_sizes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """int64 [rows]: elements in each row's list (a null list counts 0)."""
+    parts = [
+        pc.fill_null(pc.list_value_length(c), 0).to_numpy(zero_copy_only=False)
+        for c in _chunks(col)
+    ]
+    if not parts:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate(parts).astype(np.int64, copy=False)
+
+
+def flat_children(col: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    """The child values of every row, chunk by chunk, slices respected."""
+    return [c.flatten() for c in _chunks(col)]
+
+
+def set_sizes(table: pa.Table, spec: DataSpec) -> np.ndarray:
+    """int64 [rows]: elements per set (the first element column decides)."""
+    return list_sizes(table.column(element_columns(spec)[0]))
+
+
+def element_values(table: pa.Table, spec: DataSpec) -> np.ndarray:
+    """float32 [E, F]: raw element features in ``spec.elements.feature_names`` order."""
+    layout = spec.elements
+    if isinstance(layout, ParallelLists):
+        cols = [_numpy(flat_children(table.column(c)), np.float32) for c in layout.columns]
+        out = np.empty((len(cols[0]), len(cols)), dtype=np.float32)
+        for j, col in enumerate(cols):
+            if len(col) != len(out):
+                raise DataError(
+                    f"{layout.columns[j]} has {len(col)} elements in all, {layout.columns[0]} "
+                    f"has {len(out)}; run check_rows first to find the unequal rows"
+                )
+            out[:, j] = col
+        return out
+    flat = flat_children(table.column(layout.column))
+    if isinstance(layout, StructList):
+        out = np.empty((sum(len(f) for f in flat), len(layout.fields)), dtype=np.float32)
+        for j, name in enumerate(layout.fields):
+            # StructArray.field() is already offset to the struct's slice.
+            out[:, j] = _numpy([f.field(name) for f in flat], np.float32)
+        return out
+    assert isinstance(layout, VectorList)
+    values = _numpy([f.flatten() for f in flat], np.float32)
+    if values.size % layout.dim:
+        raise DataError(
+            f"{layout.column}: {values.size} vector components are not a multiple of dim "
+            f"{layout.dim}; run check_rows first to find the rows with wrong-length vectors"
+        )
+    # A view when the child buffer already is float32; copied once otherwise.
+    return values.reshape(-1, layout.dim)
+
+
+def table_to_batch(table: pa.Table, spec: DataSpec) -> SetBatch:
+    """One SetBatch holding every row of ``table``: raw element features, context, labels."""
+    sizes = set_sizes(table, spec)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    values = element_values(table, spec)
+    context = None
+    if spec.context:
+        ctx = np.empty((table.num_rows, len(spec.context)), dtype=np.float32)
+        for j, name in enumerate(spec.context):
+            ctx[:, j] = _numpy(_chunks(table.column(name)), np.float32)
+        context = torch.from_numpy(ctx)
+    targets = None
+    if spec.label is not None:
+        col = table.column(spec.label)
+        is_int = pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)
+        targets = torch.from_numpy(_numpy(_chunks(col), np.int64 if is_int else np.float32))
+    element_targets = None
+    if spec.element_label is not None:
+        labels = _numpy(flat_children(table.column(spec.element_label)), np.float32)
+        element_targets = torch.from_numpy(labels)
+    return SetBatch(
+        values=torch.from_numpy(_writable(values)),
+        offsets=torch.from_numpy(offsets),
+        context=context,
+        targets=targets,
+        element_targets=element_targets,
+    )
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    # torch.from_numpy warns on read-only arrays (Arrow buffers are immutable).
+    return a if a.flags.writeable else a.copy()

@@ -1,0 +1,1 @@
+"""Dataset generators for ``setpipe datagen``: every one seeded and deterministic."""

@@ -1,0 +1,133 @@
+"""The job's row layout as Arrow types: which columns to read and what each must be.
+
+Every file's schema (its footer only) is checked against the layout before a row is
+read, so a wrong file fails in seconds with its name, the column, the type found and
+the type expected, not an hour into training.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from setpipe.data.sources import Files
+from setpipe.errors import DataError
+from setpipe.spec.models import DataSpec, ParallelLists, StructList, VectorList
+
+PATH_COLUMN = "__setpipe_path"
+"""Added by the reader: the file each row came from (for error messages)."""
+
+
+def element_columns(spec: DataSpec) -> list[str]:
+    """The Parquet columns that hold the elements."""
+    layout = spec.elements
+    return list(layout.columns) if isinstance(layout, ParallelLists) else [layout.column]
+
+
+def needed_columns(spec: DataSpec) -> list[str]:
+    """Element columns, context, labels and key, each once, in that order."""
+    names = [*element_columns(spec), *spec.context]
+    names += [c for c in (spec.label, spec.element_label, spec.key) if c is not None]
+    if spec.split is not None:
+        names.append(spec.split.key)
+    return list(dict.fromkeys(names))
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _expected(spec: DataSpec) -> dict[str, tuple[str, object]]:
+    """column -> (expected type in words, predicate on the Arrow type)."""
+    layout = spec.elements
+    out: dict[str, tuple[str, object]] = {}
+    if isinstance(layout, ParallelLists):
+        for col in layout.columns:
+            out[col] = ("list<int|float>", lambda t: _is_list(t) and _is_number(t.value_type))
+    elif isinstance(layout, StructList):
+        fields = ", ".join(f"{f}: int|float" for f in layout.fields)
+
+        def struct_ok(t: pa.DataType, names: list[str] = layout.fields) -> bool:
+            if not (_is_list(t) and pa.types.is_struct(t.value_type)):
+                return False
+            st = t.value_type
+            return all(st.get_field_index(n) >= 0 and _is_number(st.field(n).type) for n in names)
+
+        out[layout.column] = (f"list<struct<{fields}>>", struct_ok)
+    else:
+        assert isinstance(layout, VectorList)
+        dim = layout.dim
+
+        def vectors_ok(t: pa.DataType) -> bool:
+            if not _is_list(t):
+                return False
+            inner = t.value_type
+            if pa.types.is_fixed_size_list(inner):
+                return inner.list_size == dim and _is_number(inner.value_type)
+            return _is_list(inner) and _is_number(inner.value_type)
+
+        out[layout.column] = (
+            f"list<fixed_size_list<float, {dim}>> or list<list<float>>",
+            vectors_ok,
+        )
+    for col in spec.context:
+        out[col] = ("int or float", _is_number)
+    if spec.label is not None:
+        out[spec.label] = ("int or float", _is_number)
+    if spec.element_label is not None:
+        out[spec.element_label] = (
+            "list<int|float>",
+            lambda t: _is_list(t) and _is_number(t.value_type),
+        )
+    for col in (spec.key, spec.split.key if spec.split else None):
+        if col is not None and col not in out:
+            out[col] = (
+                "a scalar (int, float, string or binary)",
+                lambda t: (
+                    _is_number(t)
+                    or pa.types.is_string(t)
+                    or pa.types.is_large_string(t)
+                    or pa.types.is_binary(t)
+                    or pa.types.is_large_binary(t)
+                ),
+            )
+    return out
+
+
+def check_schema(schema: pa.Schema, spec: DataSpec, source: str) -> None:
+    """DataError naming ``source``, the column, the type found and the type expected."""
+    for col, (words, ok) in _expected(spec).items():
+        index = schema.get_field_index(col)
+        if index < 0:
+            have = ", ".join(n for n in schema.names if n != PATH_COLUMN)
+            raise DataError(
+                f"{source}: column {col!r} not found; expected {words}. The file has: {have}"
+            )
+        found = schema.field(index).type
+        if not ok(found):  # type: ignore[operator]
+            raise DataError(f"{source}: column {col!r} has type {found}, expected {words}")
+
+
+def check_files(files: Files, spec: DataSpec) -> None:
+    """Read every file's footer and check its schema; threads, because remote footers are I/O."""
+
+    def one(i: int) -> None:
+        try:
+            schema = pq.read_schema(files.paths[i], filesystem=files.filesystem)
+        except (OSError, pa.ArrowException) as err:
+            raise DataError(f"{files.display[i]}: not a readable Parquet file ({err})") from None
+        check_schema(schema, spec, files.display[i])
+
+    if len(files.paths) <= 4:
+        for i in range(len(files.paths)):
+            one(i)
+        return
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        # list() re-raises the first error in file order.
+        list(pool.map(one, range(len(files.paths))))

@@ -1,0 +1,271 @@
+"""Per-feature transforms declared in the job: the same code in training and serving.
+
+``data.features`` builds each model input feature from one raw element feature through
+a chain of ops. Element-wise ops: log, log1p, clip, abs, isin, standardize. Set-relative
+ops (center, fraction) read the SetBatch offsets and reduce per set with ``index_add_``
+/ ``scatter_reduce``: no Python loop over sets. Arithmetic runs in float64 and the
+result is cast to float32.
+
+standardize is fitted in one streaming pass over the training data: the values just
+before it in its chain are reduced per batch to (count, mean, M2) and merged with
+Chan's parallel update, so the result equals the whole-data mean and (population)
+standard deviation. One standardize per feature: a second one would need a second pass.
+
+Periodic center (angles such as phi): the reference of a set is its element of largest
+weight (the first element without a weight); each x becomes d = wrap(x - ref), and the
+output is wrap(d - weighted mean of d), with wrap into (-pi, pi]. For a set narrower
+than pi around its leading element (a jet) this is the weighted mean of x taken on the
+unrolled circle, so a jet across the +-pi seam is not torn in two. It was chosen over
+the weighted circular mean (atan2 of weighted sin/cos) because it reduces exactly to
+the linear weighted mean away from the seam, which is what the non-periodic center
+computes.
+
+A set whose weights sum to zero is centred on its plain mean; fraction of a set whose
+sum is zero is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from pydantic import TypeAdapter
+
+from setpipe.data.batch import SetBatch
+from setpipe.errors import DataError
+from setpipe.spec.models import (
+    AbsOp,
+    CenterOp,
+    ClipOp,
+    DataSpec,
+    FeatureSpec,
+    FractionOp,
+    IsInOp,
+    LogOp,
+    StandardizeOp,
+)
+
+FORMAT_VERSION = 1
+_FEATURES = TypeAdapter(list[FeatureSpec])
+
+
+def wrap_angle(x: torch.Tensor) -> torch.Tensor:
+    """Angles into (-pi, pi]."""
+    return x - 2 * math.pi * torch.ceil((x - math.pi) / (2 * math.pi))
+
+
+class _Sets:
+    """Segment reductions over the sets of a batch."""
+
+    def __init__(self, batch: SetBatch) -> None:
+        self.num_sets = batch.num_sets
+        self.index = batch.set_index()
+        self.num_elements = batch.num_elements
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(self.num_sets).index_add_(0, self.index, x)
+
+    def weights(self, w: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        if w is None:
+            return torch.ones_like(like)
+        total = self.sum(w)
+        # A set of zero total weight falls back to the plain mean.
+        return torch.where(total[self.index] == 0, torch.ones_like(w), w)
+
+    def mean(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.sum(w * x) / self.sum(w)
+
+    def leading(self, x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """[B]: x of each set's element of largest weight (first one on ties / no weight)."""
+        position = torch.arange(self.num_elements, device=x.device)
+        if w is None:
+            candidate = position
+        else:
+            wmax = w.new_full((self.num_sets,), -math.inf).scatter_reduce(
+                0, self.index, w, "amax", include_self=True
+            )
+            candidate = torch.where(w == wmax[self.index], position, self.num_elements)
+        first = torch.full((self.num_sets,), self.num_elements, device=x.device).scatter_reduce(
+            0, self.index, candidate, "amin", include_self=True
+        )
+        return x[first]
+
+
+def _apply_op(
+    op: Any,
+    x: torch.Tensor,
+    raw: torch.Tensor,
+    raw_names: list[str],
+    sets: _Sets,
+    stat: dict[str, float] | None,
+) -> torch.Tensor:
+    if isinstance(op, LogOp):
+        return torch.log(x + op.eps) if op.op == "log" else torch.log1p(x + op.eps)
+    if isinstance(op, ClipOp):
+        return torch.clamp(x, min=op.min, max=op.max)
+    if isinstance(op, AbsOp):
+        return x.abs()
+    if isinstance(op, IsInOp):
+        return torch.isin(x, torch.tensor(op.values, dtype=x.dtype)).to(x.dtype)
+    if isinstance(op, StandardizeOp):
+        assert stat is not None
+        return (x - stat["mean"]) / stat["std"]
+    if isinstance(op, FractionOp):
+        total = sets.sum(x)[sets.index]
+        return torch.where(total == 0, torch.zeros_like(x), x / total)
+    if isinstance(op, CenterOp):
+        w_raw = None if op.weight is None else raw[:, raw_names.index(op.weight)]
+        w = sets.weights(w_raw, x)
+        if not op.periodic:
+            return x - sets.mean(x, w)[sets.index]
+        x = wrap_angle(x)
+        d = wrap_angle(x - sets.leading(x, w_raw)[sets.index])
+        return wrap_angle(d - sets.mean(d, w)[sets.index])
+    raise AssertionError(f"unknown op {op!r}")
+
+
+@dataclass
+class FittedTransforms:
+    """The job's feature transforms with fitted statistics; saved with the model as JSON."""
+
+    raw_features: list[str]
+    """Raw element features, in SetBatch column order (``spec.elements.feature_names``)."""
+    features: list[FeatureSpec] | None
+    """``data.features``; None passes the raw features through unchanged."""
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    """feature name -> {"mean", "std", "count"} of its standardize op."""
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec) -> FittedTransforms:
+        """Unfitted: standardize statistics still to be filled by ``fit_transforms``."""
+        features = None if spec.features is None else [f.model_copy() for f in spec.features]
+        for f in features or []:
+            if sum(isinstance(op, StandardizeOp) for op in f.ops) > 1:
+                raise DataError(
+                    f"data.features {f.name!r}: standardize appears more than once; it is fitted "
+                    "in one pass over the data, so keep one standardize per feature"
+                )
+        return cls(list(spec.elements.feature_names), features)
+
+    @property
+    def feature_names(self) -> list[str]:
+        if self.features is None:
+            return list(self.raw_features)
+        return [f.name for f in self.features]
+
+    @property
+    def to_fit(self) -> list[FeatureSpec]:
+        """Features with a standardize op."""
+        return [
+            f for f in self.features or [] if any(isinstance(op, StandardizeOp) for op in f.ops)
+        ]
+
+    def _chain(
+        self, f: FeatureSpec, raw: torch.Tensor, sets: _Sets, stop_at_standardize: bool
+    ) -> torch.Tensor:
+        x = raw[:, self.raw_features.index(f.source)]
+        for op in f.ops:
+            if isinstance(op, StandardizeOp):
+                if stop_at_standardize:
+                    return x
+                if f.name not in self.stats:
+                    raise DataError(
+                        f"feature {f.name!r} has a standardize op that was never fitted; call "
+                        "fit_transforms on the training data first"
+                    )
+            x = _apply_op(op, x, raw, self.raw_features, sets, self.stats.get(f.name))
+        return x
+
+    def apply(self, batch: SetBatch) -> SetBatch:
+        """Raw element features -> the model's input features (``feature_names`` order)."""
+        if self.features is None:
+            return batch
+        if batch.num_features != len(self.raw_features):
+            raise DataError(
+                f"the batch has {batch.num_features} element features, the transforms expect "
+                f"{len(self.raw_features)} ({', '.join(self.raw_features)})"
+            )
+        raw = batch.values.to(torch.float64)
+        sets = _Sets(batch)
+        columns = [self._chain(f, raw, sets, stop_at_standardize=False) for f in self.features]
+        values = torch.stack(columns, dim=1).to(torch.float32) if columns else raw[:, :0]
+        return replace(batch, values=values.to(torch.float32).contiguous())
+
+    def pre_standardize(self, batch: SetBatch) -> dict[str, torch.Tensor]:
+        """feature name -> float64 [E]: its values just before its standardize op."""
+        raw = batch.values.to(torch.float64)
+        sets = _Sets(batch)
+        return {f.name: self._chain(f, raw, sets, stop_at_standardize=True) for f in self.to_fit}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "raw_features": list(self.raw_features),
+            "features": None
+            if self.features is None
+            else _FEATURES.dump_python(self.features, mode="json"),
+            "stats": {k: dict(v) for k, v in self.stats.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FittedTransforms:
+        if data.get("format") != FORMAT_VERSION:
+            raise DataError(
+                f"transforms format {data.get('format')!r} is not {FORMAT_VERSION}; the model was "
+                "saved by another setpipe version"
+            )
+        features = None if data["features"] is None else _FEATURES.validate_python(data["features"])
+        stats = {k: {s: float(v) for s, v in d.items()} for k, d in data["stats"].items()}
+        return cls(list(data["raw_features"]), features, stats)
+
+
+class RunningMoments:
+    """Count, mean and M2 of a stream of values, merged batch by batch (Chan et al. 1979)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def add(self, x: torch.Tensor) -> None:
+        n = int(x.numel())
+        if n == 0:
+            return
+        x = x.to(torch.float64)
+        mean = float(x.mean())
+        m2 = float(((x - mean) ** 2).sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count else 0.0
+
+
+def fit_on_batches(transforms: FittedTransforms, batches: Iterable[SetBatch]) -> FittedTransforms:
+    """Fill the standardize statistics from one pass over raw ``batches``."""
+    targets = transforms.to_fit
+    if not targets:
+        return transforms
+    moments = {f.name: RunningMoments() for f in targets}
+    for batch in batches:
+        for name, x in transforms.pre_standardize(batch).items():
+            moments[name].add(x)
+    stats = {}
+    for name, m in moments.items():
+        if m.count == 0:
+            raise DataError(f"cannot fit standardize for {name!r}: the training data has no sets")
+        if not math.isfinite(m.mean) or not math.isfinite(m.std):
+            raise DataError(
+                f"standardize for {name!r} saw non-finite values after the ops before it "
+                f"(mean {m.mean}, std {m.std}); e.g. log of 0 needs eps or log1p"
+            )
+        # A constant feature is left centred, not divided by zero.
+        stats[name] = {"mean": m.mean, "std": m.std if m.std > 0 else 1.0, "count": m.count}
+    return FittedTransforms(transforms.raw_features, transforms.features, stats)
