@@ -1,0 +1,225 @@
+"""The scheduler with an injected clock, submitting for real to the test head.
+
+Every test uses its own job name (submission ids are global on the shared head) and a
+quick stand-in entrypoint instead of `setpipe run` (the scheduler's `entrypoint` seam):
+what is under test is when and what it submits, not training.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from jobs_helpers import write_data, write_job
+
+from setpipe.jobs.scheduler import Event, Scheduler
+from setpipe.jobs.state import State
+from setpipe.jobs.submit import JobsClient
+
+QUICK = "python -c \"print('scheduled run')\""
+SLEEP = 'python -c "import time; time.sleep(300)"'
+T0 = datetime(2026, 11, 25, 10, 0, 30, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def at(self, hour: int, minute: int = 0, second: int = 10) -> None:
+        self.now = T0.replace(hour=hour, minute=minute, second=second)
+
+
+def summary(events: list[Event]) -> list[tuple[str, str, str | None]]:
+    return [(e.action, f"{e.scheduled:%H%M}" if e.scheduled else "", e.detail) for e in events]
+
+
+def ids_on_head(client: JobsClient, name: str) -> dict[str, str]:
+    return {r.submission_id: r.status for r in client.list() if f"-{name}-" in r.submission_id}
+
+
+@pytest.fixture()
+def clock() -> Clock:
+    return Clock(T0)
+
+
+def make(tmp_path: Path, client: JobsClient, clock: Clock, name: str, schedule: str, **kw):
+    data = write_data(tmp_path / "data" / "part-0.parquet")
+    write_job(tmp_path / "jobs" / f"{name}.yaml", name, data.parent, schedule)
+    state = State(tmp_path / "work" / "scheduler.db")
+    kw.setdefault("entrypoint", QUICK)
+    return Scheduler(tmp_path / "jobs", client, state, now=clock, **kw), state, data
+
+
+def test_due_and_not_due(tmp_path: Path, client: JobsClient, clock: Clock) -> None:
+    sched, state, _ = make(tmp_path, client, clock, "sched-due", "cron: '0 * * * *'")
+    # First sight starts the schedule: 10:00 is already past, 11:00 is the first run.
+    assert summary(sched.run_once()) == [("registered", "", "first run at 2026-11-25T11:00Z")]
+    clock.at(10, 59, 59)
+    assert sched.run_once() == []
+    clock.at(11, 0, 5)
+    events = sched.run_once()
+    assert summary(events) == [("submitted", "1100", "")]
+    sid = "setpipe-sched-due-20261125T1100Z"
+    assert events[0].submission_id == sid
+    assert sched.run_once() == []  # same minute again: nothing new is due
+    assert client.wait(sid, timeout=120) == "SUCCEEDED"
+    clock.at(11, 30)
+    assert summary(sched.run_once()) == [("finished", "1100", "SUCCEEDED")]
+    assert [(s.submission_id, s.status) for s in state.submissions()] == [(sid, "SUCCEEDED")]
+    assert ids_on_head(client, "sched-due") == {sid: "SUCCEEDED"}
+    assert "scheduled run" in client.logs(sid)
+
+
+def test_new_data_trigger_fires_only_on_change(
+    tmp_path: Path, client: JobsClient, clock: Clock
+) -> None:
+    sched, _, data = make(
+        tmp_path, client, clock, "sched-data", "cron: '0 * * * *'\non_new_data: true"
+    )
+    sched.run_once()
+    clock.at(11)
+    assert summary(sched.run_once()) == [("submitted", "1100", "")]  # no success yet: run
+    client.wait("setpipe-sched-data-20261125T1100Z", timeout=120)
+    clock.at(11, 30)
+    assert summary(sched.run_once()) == [("finished", "1100", "SUCCEEDED")]
+    clock.at(12)
+    assert summary(sched.run_once()) == [
+        ("skipped", "1200", "data unchanged since the last success")
+    ]
+    write_data(data, rows=6)  # new rows land in the training file
+    clock.at(13)
+    assert summary(sched.run_once()) == [("submitted", "1300", "")]
+    assert set(ids_on_head(client, "sched-data")) == {
+        "setpipe-sched-data-20261125T1100Z",
+        "setpipe-sched-data-20261125T1300Z",
+    }
+    client.wait("setpipe-sched-data-20261125T1300Z", timeout=120)
+    clock.at(13, 30)
+    sched.run_once()
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))  # touched
+    clock.at(14)
+    assert summary(sched.run_once()) == [("submitted", "1400", "")]
+
+
+def test_restart_neither_repeats_nor_loses(
+    tmp_path: Path, client: JobsClient, clock: Clock
+) -> None:
+    schedule = "cron: '0 * * * *'\nconcurrency: allow\ncatchup: all"
+    first, state, _ = make(tmp_path, client, clock, "sched-restart", schedule)
+    first.run_once()
+    clock.at(11)
+    assert summary(first.run_once()) == [("submitted", "1100", "")]
+    # The process dies right after Ray accepted the 12:00 run, before recording it.
+    job = next(iter(first._files.values())).job
+    assert job is not None
+    client.submit(job, "setpipe-sched-restart-20261125T1200Z", entrypoint=QUICK)
+    state.close()
+    # Down until 13:00:10; a new scheduler over the same sqlite file.
+    clock.at(13)
+    second = Scheduler(tmp_path / "jobs", client, State(state.path), now=clock, entrypoint=QUICK)
+    events = second.run_once()
+    assert [(a, t) for a, t, _ in summary(events) if a != "finished"] == [
+        ("already_submitted", "1200"),
+        ("submitted", "1300"),
+    ]
+    again = second.run_once()  # the same minute once more: nothing is submitted twice
+    assert {e.action for e in again} <= {"finished"}
+    assert sorted(ids_on_head(client, "sched-restart")) == [
+        "setpipe-sched-restart-20261125T1100Z",
+        "setpipe-sched-restart-20261125T1200Z",
+        "setpipe-sched-restart-20261125T1300Z",
+    ]
+    assert [s.submission_id[-5:] for s in second.state.submissions()] == [
+        "1100Z",
+        "1200Z",
+        "1300Z",
+    ]
+
+
+def test_catchup_latest_after_downtime(tmp_path: Path, client: JobsClient, clock: Clock) -> None:
+    sched, _, _ = make(tmp_path, client, clock, "sched-latest", "cron: '0 * * * *'")
+    sched.run_once()
+    clock.at(14, 30)  # 11:00, 12:00, 13:00 and 14:00 went by while it was down
+    assert summary(sched.run_once()) == [
+        (
+            "skipped",
+            "1300",
+            "3 missed time(s) 2026-11-25T11:00Z .. 2026-11-25T13:00Z (catchup latest)",
+        ),
+        ("submitted", "1400", ""),
+    ]
+    clock.at(14, 31)
+    assert sched.run_once() == []
+
+
+def test_catchup_none_runs_only_on_time(tmp_path: Path, client: JobsClient, clock: Clock) -> None:
+    sched, _, _ = make(tmp_path, client, clock, "sched-none", "cron: '0 * * * *'\ncatchup: none")
+    sched.run_once()
+    clock.at(11, 30)  # 30 minutes late: beyond the 5-minute grace
+    assert summary(sched.run_once()) == [
+        (
+            "skipped",
+            "1100",
+            "1 missed time(s) 2026-11-25T11:00Z .. 2026-11-25T11:00Z (catchup none)",
+        )
+    ]
+    assert ids_on_head(client, "sched-none") == {}
+
+
+def test_forbid_skips_while_running(tmp_path: Path, client: JobsClient, clock: Clock) -> None:
+    sched, _, _ = make(
+        tmp_path, client, clock, "sched-forbid", "cron: '0 * * * *'", entrypoint=SLEEP
+    )
+    sched.run_once()
+    clock.at(11)
+    assert summary(sched.run_once()) == [("submitted", "1100", "")]
+    first = "setpipe-sched-forbid-20261125T1100Z"
+    assert client.wait(first, timeout=120, until=lambda s: s != "PENDING") == "RUNNING"
+    clock.at(12)
+    assert summary(sched.run_once()) == [
+        ("skipped", "1200", f"{first} still running (concurrency forbid)")
+    ]
+    client.stop(first)
+    assert client.wait(first, timeout=60) == "STOPPED"
+    clock.at(13)
+    events = sched.run_once()
+    assert summary(events) == [("finished", "1100", "STOPPED"), ("submitted", "1300", "")]
+    client.stop(events[1].submission_id)
+    assert ids_on_head(client, "sched-forbid").keys() == {first, events[1].submission_id}
+
+
+def test_replace_stops_the_running_one(tmp_path: Path, client: JobsClient, clock: Clock) -> None:
+    sched, _, _ = make(
+        tmp_path,
+        client,
+        clock,
+        "sched-replace",
+        "cron: '0 * * * *'\nconcurrency: replace",
+        entrypoint=SLEEP,
+    )
+    sched.run_once()
+    clock.at(11)
+    sched.run_once()
+    first = "setpipe-sched-replace-20261125T1100Z"
+    client.wait(first, timeout=120, until=lambda s: s != "PENDING")
+    clock.at(12)
+    events = sched.run_once()
+    assert summary(events) == [("submitted", "1200", f"replacing {first}")]
+    assert client.wait(first, timeout=60) == "STOPPED"
+    client.stop(events[0].submission_id)
+
+
+def test_bad_job_file_is_reported_once(tmp_path: Path, client: JobsClient, clock: Clock) -> None:
+    sched, _, _ = make(tmp_path, client, clock, "sched-bad", "cron: '0 * * * *'")
+    (tmp_path / "jobs" / "broken.yaml").write_text("name: Broken Name\n")
+    events = sched.run_once()
+    assert [(e.job, e.action) for e in events] == [
+        ("broken.yaml", "error"),
+        ("sched-bad", "registered"),
+    ]
+    assert sched.run_once() == []
