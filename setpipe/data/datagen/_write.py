@@ -32,3 +32,25 @@ def write_files(table: pa.Table, out_dir: Path, rows_per_file: int, prefix: str)
 def split_sizes(total: int, validation: float, test: float) -> dict[str, int]:
     n_val, n_test = round(total * validation), round(total * test)
     return {"train": total - n_val - n_test, "validation": n_val, "test": n_test}
+
+
+def split_by_key(
+    files: list[Path], out_dir: Path, key: str, validation: float, test: float, prefix: str
+) -> dict[str, list[Path]]:
+    """Re-write ``files`` into train/validation/test under ``out_dir`` by a stable key hash.
+
+    The same hash as ``data.split`` (setpipe.data.split), so a row lands in the split
+    a job with ``split: {key: ..., validation: ..., test: ...}`` would put it in.
+    """
+    from setpipe.data.split import assign
+    from setpipe.spec.models import SplitSpec
+
+    rule = SplitSpec(key=key, validation=validation, test=test)
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    codes = assign(table.column(key), rule)
+    written = {}
+    for code, split in enumerate(SPLITS):
+        part = table.filter(pa.array(codes == code))
+        if part.num_rows:
+            written[split] = write_files(part, Path(out_dir) / split, 10_000, prefix)
+    return written

@@ -11,11 +11,9 @@ Needs the ``hep`` extra (``pip install 'setpipe[hep]'``): pythia8mc and fastjet.
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -157,8 +155,3 @@ def generate_pythia_jets(
         with mp.get_context("spawn").Pool(workers) as pool:
             files = [f for chunk in pool.map(_worker, tasks) for f in chunk]
     return [Path(f) for f in files]
-
-
-def phi_wrap(phi: np.ndarray) -> np.ndarray:
-    """Wrap angles into (-pi, pi]."""
-    return phi - 2 * math.pi * np.floor((phi + math.pi) / (2 * math.pi))
