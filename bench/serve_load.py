@@ -58,14 +58,12 @@ def make_set(n: int, seed: int) -> dict:
 
 def train_model(root: Path) -> tuple[str, str]:
     """Train and register the quickstart model on generated jets; (model uri, tracking uri)."""
-    from setpipe.cli import main
+    from setpipe.data.datagen.jets import generate_jets
     from setpipe.pipeline import run
     from setpipe.spec import load_job
 
     data = root / "data"
-    args = ["datagen", "jets", "--out", str(data), "--train", "2000", "--validation", "500"]
-    if main([*args, "--test", "200", "--seed", "0"]) != 0:
-        raise SystemExit("datagen failed")
+    generate_jets(data, {"train": 2000, "validation": 500, "test": 200}, seed=0)
     job = load_job(
         REPO / "jobs" / "quickstart.yaml",
         [

@@ -26,20 +26,12 @@ from setpipe.spec import load_job
 @pytest.fixture(scope="session")
 def registered(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Registered:
     """The quickstart job trained for one epoch on tiny synthetic jets, registered once."""
-    from setpipe.cli import main
+    from setpipe.data.datagen.jets import generate_jets
     from setpipe.pipeline import run
 
     root = tmp_path_factory.mktemp("serve")
     data = root / "data"
-    assert (
-        main(
-            [
-                "datagen", "jets", "--out", str(data),
-                "--train", "300", "--validation", "100", "--test", "100", "--seed", "0",
-            ]
-        )
-        == 0
-    )  # fmt: skip
+    generate_jets(data, {"train": 300, "validation": 100, "test": 100}, seed=0)
     workdir = root / "work"
     job = load_job(
         REPO / "jobs" / "quickstart.yaml",
