@@ -30,9 +30,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
+from setpipe.errors import ServeError
 from setpipe.serve._batcher import ElementBatcher
 from setpipe.serve.schema import (
     BadRequest,
@@ -44,6 +45,9 @@ from setpipe.serve.schema import (
 )
 
 APP_NAME = "setpipe"
+DEFAULT_HOST = "127.0.0.1"
+"""Loopback only unless told otherwise: a model endpoint is not exposed by accident."""
+DEFAULT_PORT = 8000
 log = logging.getLogger(__name__)
 
 # Bodies above this are decoded in a worker thread so /health stays answerable meanwhile.
@@ -250,6 +254,69 @@ def build_app(config: ServeConfig, version: str) -> serve.Application:
     return SetModelServer.options(**options).bind(config.model_dump(mode="json"))
 
 
+def app_config(args: dict[str, Any]) -> tuple[ServeConfig, str | None]:
+    """A Serve config file's ``args:`` -> (ServeConfig, pinned version or None for an alias).
+
+    ``args`` holds ``model_uri`` (models:/NAME@ALIAS or models:/NAME/VERSION), optionally
+    ``tracking_uri`` (default $MLFLOW_TRACKING_URI), and any other ServeConfig field. Checks
+    the text only; nothing is looked up in MLflow.
+    """
+    from setpipe.tracking.registry import parse_registry_uri
+
+    options = dict(args)
+    model_uri = str(options.pop("model_uri", ""))
+    parsed = parse_registry_uri(model_uri)
+    if parsed is None:
+        raise ServeError(
+            f"serve config args.model_uri: {model_uri!r} is not a registered model URI; expected "
+            "models:/NAME@ALIAS (e.g. models:/qg_jets@champion) or models:/NAME/VERSION"
+        )
+    name, alias, version = parsed
+    tracking_uri = options.pop("tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        # A cluster has no work dir whose sqlite store could be meant.
+        raise ServeError(
+            "serve config args.tracking_uri: not given and $MLFLOW_TRACKING_URI is not set on "
+            "the cluster; give the MLflow server, e.g. tracking_uri: http://mlflow:5000"
+        )
+    for taken in ("name", "alias"):
+        if taken in options:
+            raise ServeError(
+                f"serve config args.{taken}: set by model_uri ({model_uri}); remove {taken}"
+            )
+    try:
+        config = ServeConfig(name=name, alias=alias, tracking_uri=tracking_uri, **options)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"args.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+        )
+        raise ServeError(f"serve config {problems}") from None
+    return config, version
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """The app for a Serve config file (``serve deploy``, a RayService): see app_config.
+
+    import_path: setpipe.serve.app:app_builder. An alias is resolved here, when the app is
+    built on the cluster; the replicas then follow it.
+    """
+    from setpipe.tracking.registry import resolve
+
+    config, version = app_config(args)
+    if version is None:
+        version = resolve(f"models:/{config.name}@{config.alias}", config.tracking_uri)[1]
+    return build_app(config, version)
+
+
 def deploy(config: ServeConfig, version: str) -> None:
     """Deploy the app pinned to ``version`` (replicas then follow ``config.alias``, if set)."""
     serve.run(build_app(config, version), name=APP_NAME, route_prefix="/")
+
+
+def start(
+    config: ServeConfig, version: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+) -> str:
+    """Start Serve's HTTP proxy on ``host:port`` and deploy the app; returns its base URL."""
+    serve.start(http_options={"host": host, "port": port})
+    deploy(config, version)
+    return f"http://{host}:{port}"
