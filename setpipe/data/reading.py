@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import pyarrow as pa
-
+from setpipe.data._read_task import prepare_block
 from setpipe.data.bad_rows import check_rows
 from setpipe.data.convert import table_to_batch
-from setpipe.data.layout import PATH_COLUMN, check_files, needed_columns
+from setpipe.data.layout import check_files, needed_columns
 from setpipe.data.sources import expand
-from setpipe.data.split import SPLIT_CODE, assign
 from setpipe.data.transforms import FittedTransforms, fit_on_batches
 from setpipe.spec.models import DataSpec
 
@@ -26,23 +24,6 @@ if TYPE_CHECKING:
     import ray.data
 
 Split = Literal["train", "validation", "test"]
-
-
-def _prepare(
-    table: pa.Table, path_prefix: str, split: Split, split_key: str | None, val: float, test: float
-) -> pa.Table:
-    """Fused into the read tasks: name the path column and keep this split's rows."""
-    names = [PATH_COLUMN if n == "path" else n for n in table.column_names]
-    table = table.rename_columns(names)
-    if path_prefix:
-        paths = pa.compute.binary_join_element_wise(path_prefix, table.column(PATH_COLUMN), "")
-        table = table.set_column(table.schema.get_field_index(PATH_COLUMN), PATH_COLUMN, paths)
-    if split_key is not None:
-        from setpipe.spec.models import SplitSpec
-
-        codes = assign(table.column(split_key), SplitSpec(key=split_key, validation=val, test=test))
-        table = table.filter(pa.array(codes == SPLIT_CODE[split]))
-    return table
 
 
 def source_of(spec: DataSpec, split: Split) -> str | list[str] | None:
@@ -78,7 +59,7 @@ def read_dataset(spec: DataSpec, split: Split) -> ray.data.Dataset | None:
     )
     prefix = files.display[0][: len(files.display[0]) - len(files.paths[0])]
     return ds.map_batches(
-        _prepare,
+        prepare_block,
         batch_format="pyarrow",
         batch_size=None,
         zero_copy_batch=True,
