@@ -29,8 +29,11 @@ rank ``{"scores": [...]}`` (one per element, in input order).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from itertools import pairwise
@@ -41,6 +44,7 @@ import mlflow
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
 import setpipe
@@ -165,6 +169,27 @@ class SetPyfunc(mlflow.pyfunc.PythonModel):
 # --------------------------------------------------------------------------- log and load
 
 
+@contextmanager
+def _scoped_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for the block, then put back as it was.
+
+    ``mlflow.set_tracking_uri`` also writes $MLFLOW_TRACKING_URI (and ``None`` deletes it),
+    so the variable is restored too: a user's setting must survive a logged model.
+    """
+    from mlflow.tracking._tracking_service import utils
+
+    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def pip_requirements() -> list[str]:
     """``name==version`` of what the model needs, as installed here (setpipe: code_paths)."""
     return [f"{name}=={installed_version(name)}" for name in PINNED]
@@ -180,8 +205,15 @@ def log_pyfunc(
 ) -> str:
     """Log the model under ``run_id``; returns its URI ``models:/m-...``."""
     from mlflow.models import Model
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+    client = MlflowClient(tracking_uri)
+    # Created here, in the run's experiment: Model.log alone would put it in the process's
+    # active experiment (the Default one, artifacts under ./mlruns of the cwd).
+    logged = client.create_logged_model(
+        experiment_id=client.get_run(run_id).info.experiment_id,
+        name="model",
+        source_run_id=run_id,
+    )
     with tempfile.TemporaryDirectory(prefix="setpipe-model-") as tmp:
         files = {key: Path(tmp) / name for key, name in ARTIFACTS.items()}
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, files["weights"])
@@ -191,14 +223,16 @@ def log_pyfunc(
             # The output hint dict[str, Any] is deliberate (three task shapes); MLflow warns
             # that it cannot validate Any.
             warnings.filterwarnings("ignore", message=".*Any type hint.*")
-            # Model.log, not mlflow.pyfunc.log_model: only it takes run_id, and the run is not
-            # the process's active run (there is none). It reads the tracking URI globally,
-            # hence the scoped override.
-            with _use_tracking_uri(tracking_uri):
+            # Model.log, not mlflow.pyfunc.log_model: only it takes run_id and model_id, and
+            # the run is not the process's active run (there is none). It reads the tracking
+            # URI globally, hence the scoped override.
+            with _scoped_tracking_uri(tracking_uri):
                 info = Model.log(
+                    artifact_path=None,  # deprecated in MLflow 3 in favour of name
                     name="model",
                     flavor=mlflow.pyfunc,
                     run_id=run_id,
+                    model_id=logged.model_id,
                     python_model=str(MODEL_CODE),
                     artifacts={key: str(path) for key, path in files.items()},
                     code_paths=[str(Path(setpipe.__file__).parent)],
@@ -220,12 +254,20 @@ def load_set_model(model_uri: str, tracking_uri: str | None = None) -> LoadedSet
     from setpipe.tracking.registry import parse_registry_uri, resolve
 
     name = version = None
-    source = model_uri
-    if parse_registry_uri(model_uri) is not None:
-        name, version = resolve(model_uri, tracking_uri)
-        source = f"models:/{name}/{version}"
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     with tempfile.TemporaryDirectory(prefix="setpipe-load-") as tmp:
         try:
+            # Where the files are, asked of this store explicitly: download_artifacts would
+            # look models:/ URIs up in the process's default store.
+            if parse_registry_uri(model_uri) is not None:
+                name, version = resolve(model_uri, tracking_uri)
+                source = client.get_model_version_download_uri(name, version)
+            elif model_uri.startswith("models:/"):
+                source = client.get_logged_model(
+                    model_uri.removeprefix("models:/")
+                ).artifact_location
+            else:
+                source = model_uri
             local = download_artifacts(
                 artifact_uri=source,
                 dst_path=tmp,
