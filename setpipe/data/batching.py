@@ -72,16 +72,29 @@ def budget_bounds(sizes: np.ndarray, budget: int) -> np.ndarray:
 
 
 def budget_batches(chunks: Iterable[SetBatch], budget: int) -> Iterator[SetBatch]:
-    """Re-cut a stream of batches into element-budget batches, carrying the remainder."""
+    """Re-cut a stream of batches into element-budget batches, carrying the remainder.
+
+    Only the batch that straddles two chunks is copied (carry + the chunk's first sets);
+    the others are views of their chunk, so a block is not copied again to be batched.
+    """
     carry: SetBatch | None = None
     for chunk in chunks:
         if chunk.num_sets == 0:
             continue
-        pool = chunk if carry is None else SetBatch.concat([carry, chunk])
-        bounds = budget_bounds(pool.sizes().numpy(), budget)
+        sizes = chunk.sizes().numpy()
+        if carry is not None:
+            # How many of the chunk's first sets still fit beside the carry (greedy rule).
+            room = budget - carry.num_elements
+            fit = int(np.searchsorted(np.cumsum(sizes), room, side="right"))
+            if fit == chunk.num_sets:
+                carry = SetBatch.concat([carry, chunk])
+                continue
+            yield SetBatch.concat([carry, chunk.slice_sets(0, fit)]) if fit else carry
+            chunk, sizes = chunk.slice_sets(fit, chunk.num_sets), sizes[fit:]
+        bounds = budget_bounds(sizes, budget)
         for i in range(len(bounds) - 2):
-            yield pool.slice_sets(int(bounds[i]), int(bounds[i + 1]))
-        carry = pool.slice_sets(int(bounds[-2]), int(bounds[-1]))
+            yield chunk.slice_sets(int(bounds[i]), int(bounds[i + 1]))
+        carry = chunk.slice_sets(int(bounds[-2]), int(bounds[-1]))
     if carry is not None and carry.num_sets:
         yield carry
 

@@ -1,0 +1,137 @@
+"""`setpipe datagen` at tiny sizes, in-process through the CLI; the data checked, not just made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from setpipe.cli import main
+
+
+def read(directory: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(directory.glob("*.parquet"))])
+
+
+def sizes(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.list_value_length(col).to_numpy()
+
+
+def test_jets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["datagen", "jets", "--train", "300", "--validation", "40", "--test", "0"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--rows-per-file", "128"]) == 0
+    assert "train            300 sets    3 files" in capsys.readouterr().out
+    assert not (tmp_path / "a" / "test").exists()
+    train = read(tmp_path / "a" / "train")
+    assert train.column_names == [
+        "part_pt", "part_eta", "part_phi", "part_pid", "label", "jet_pt", "event_id"
+    ]  # fmt: skip
+    n = sizes(train.column("part_pt"))
+    for c in ("part_eta", "part_phi", "part_pid"):
+        assert np.array_equal(sizes(train.column(c)), n)
+    assert n.min() >= 2
+    assert train.column("label").to_numpy().sum() == 150  # balanced
+    jet_pt = train.column("jet_pt").to_numpy()
+    assert ((jet_pt >= 500) & (jet_pt <= 550)).all()
+    flat_pt = pc.list_flatten(train.column("part_pt")).to_numpy()
+    owner = np.repeat(np.arange(len(n)), n)
+    np.testing.assert_allclose(np.bincount(owner, flat_pt), jet_pt, rtol=1e-4)
+    phi = pc.list_flatten(train.column("part_phi")).to_numpy()
+    assert ((phi > -np.pi - 1e-6) & (phi <= np.pi + 1e-6)).all()
+    validation = read(tmp_path / "a" / "validation")
+    assert validation.num_rows == 40
+    ids = set(train.column("event_id").to_pylist())
+    assert len(ids) == 300 and not ids & set(validation.column("event_id").to_pylist())
+    # Seeded: the same command gives the same rows; another seed does not.
+    main([*args, "--out", str(tmp_path / "b"), "--rows-per-file", "128"])
+    main([*args, "--out", str(tmp_path / "c"), "--seed", "1"])
+    assert read(tmp_path / "b" / "train").equals(train)
+    assert not read(tmp_path / "c" / "train").equals(train)
+
+
+def test_digits(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    assert main(["datagen", "digits", "--out", str(tmp_path / "d")]) == 0
+    parts = {s: read(tmp_path / "d" / s) for s in ("train", "validation", "test")}
+    assert [t.num_rows for t in parts.values()] == [1437, 180, 180]
+    table = pa.concat_tables(parts.values())
+    images = load_digits().images
+    ids = table.column("image_id").to_numpy()
+    assert sorted(ids.tolist()) == list(range(1797))
+    assert np.array_equal(sizes(table.column("points")), (images[ids] > 0).sum(axis=(1, 2)))
+    assert np.array_equal(table.column("digit").to_numpy(), load_digits().target[ids])
+    # The first set, point by point: its lit pixels as (x, 7 - row, intensity / 16).
+    first = table.slice(0, 1).column("points").to_pylist()[0]
+    rows, cols = np.nonzero(images[ids[0]])
+    assert [(p["x"], p["y"]) for p in first] == [
+        (c, 7 - r) for r, c in zip(rows, cols, strict=True)
+    ]
+    assert [p["intensity"] for p in first] == pytest.approx(images[ids[0]][rows, cols] / 16)
+
+    main(["datagen", "digits", "--out", str(tmp_path / "r"), "--points-per-digit", "50"])
+    resampled = read(tmp_path / "r" / "train")
+    assert set(sizes(resampled.column("points")).tolist()) == {50}
+    points = pc.list_flatten(resampled.column("points"))
+    x = points.field("x").to_numpy()
+    assert x.min() >= -0.5 and x.max() <= 7.5
+    assert points.field("intensity").to_numpy().min() > 0  # only lit pixels are drawn
+
+
+def test_passages(tmp_path: Path) -> None:
+    args = ["--train", "30", "--validation", "5", "--test", "5"]
+    assert main(["datagen", "passages", "--out", str(tmp_path), *args]) == 0
+    table = read(tmp_path / "train")
+    assert table.schema.field("passages").type == pa.list_(pa.list_(pa.float32(), 32))
+    n = sizes(table.column("passages"))
+    assert n.min() >= 20 and n.max() <= 100
+    assert np.array_equal(sizes(table.column("relevance")), n)
+    vectors = pc.list_flatten(pc.list_flatten(table.column("passages"))).to_numpy().reshape(-1, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    grades = pc.list_flatten(table.column("relevance")).to_numpy()
+    assert set(grades.tolist()) <= {0, 1, 2, 3} and (grades > 0).any() and (grades == 0).any()
+
+
+@pytest.mark.parametrize("layout", ["vectors", "parallel"])
+def test_huge(tmp_path: Path, layout: str) -> None:
+    args = ["--sets", "3", "--min-size", "2000", "--max-size", "5000", "--dim", "4"]
+    assert main(["datagen", "huge", "--out", str(tmp_path), *args, "--layout", layout]) == 0
+    f = pq.ParquetFile(tmp_path / "huge.parquet")
+    assert f.metadata.num_row_groups == 3  # one set per row group
+    table = f.read()
+    first = table.column_names[0]
+    n = sizes(table.column(first))
+    assert ((n >= 2000) & (n <= 5000)).all()
+    if layout == "parallel":
+        assert table.column_names == ["f0", "f1", "f2", "f3", "label", "set_id"]
+    else:
+        assert table.schema.field("x").type == pa.list_(pa.list_(pa.float32(), 4))
+    assert sorted(table.column("label").to_pylist()) in ([0, 0, 1], [0, 1, 1])
+
+
+def test_bad_arguments_are_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["datagen", "huge", "--out", str(tmp_path), "--min-size", "10", "--max-size", "5"]
+    assert main(args) == 1
+    assert capsys.readouterr().err == "error: need 1 <= --min-size <= --max-size, got 10, 5\n"
+
+
+@pytest.mark.hep
+def test_pythia_jets(tmp_path: Path) -> None:
+    pytest.importorskip("pythia8mc")
+    args = ["datagen", "pythia", "--num-jets", "6", "--workers", "1", "--split", "0.3,0"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "_generated").exists()
+    table = pa.concat_tables(
+        [read(tmp_path / s) for s in ("train", "validation") if (tmp_path / s).exists()]
+    )
+    assert table.num_rows == 6
+    assert sorted(table.column("label").to_pylist()) == [0, 0, 0, 1, 1, 1]
+    jet_pt = table.column("jet_pt").to_numpy()
+    assert ((jet_pt > 500) & (jet_pt < 550)).all()
+    assert (np.abs(table.column("jet_y").to_numpy()) < 1.7).all()
+    n = sizes(table.column("part_pt"))
+    assert n.min() >= 1 and np.array_equal(sizes(table.column("part_pid")), n)
