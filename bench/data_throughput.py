@@ -1,0 +1,251 @@
+"""Data throughput: SetBatches delivered to one consumer vs the in-process limit and a baseline.
+
+The dataset is synthetic jets from ``setpipe datagen jets`` (vectorised numpy): four
+parallel list columns (pT, eta, phi float32, pid int32), a label and the jet pT, ~40
+particles per set, written once into a cache directory outside git. Three readers of
+the same files and the same columns, in one run:
+
+- setpipe: ``read_dataset`` (Ray Data, a local Ray whose object store is several times
+  smaller than the data) then ``iter_set_batches`` in the driver, one consumer as a
+  training worker would be: bad-row checks, Arrow -> SetBatch, the default shuffle
+  buffer (10k sets), element-budget batches of 16384;
+- the limit: ``pyarrow.parquet.read_table`` of each file, its element columns flattened
+  into one contiguous float32 [E, 4] array;
+- the baseline: a torch ``DataLoader`` over pyarrow rows (``to_pylist``) with a per-row
+  Python collate padding each batch to its largest set (time-bounded: it is slow).
+
+Peak RSS is the sum of the driver's and every descendant process's RSS (Ray workers,
+raylet, GCS), sampled every 0.1 s while setpipe reads; shared pages of the object store
+are counted in each process that maps them, so the sum is an upper bound.
+
+    python bench/data_throughput.py [--quick] [--data-dir DIR] [--size-mb MB]
+
+RESULT vs_limit=<setpipe/limit> vs_baseline=<setpipe/baseline> elements_per_s=<setpipe>
+peak_rss_mb=<driver + Ray processes while setpipe reads>
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+
+COLUMNS = ["part_pt", "part_eta", "part_phi", "part_pid"]
+JETS_PER_FILE = 50_000
+BUDGET = 16384
+
+
+def ensure_data(directory: Path, size_mb: int) -> list[Path]:
+    """Files of JETS_PER_FILE jets until the directory holds ``size_mb`` MB (reused if there)."""
+    from setpipe.data.datagen.jets import make_jets
+
+    directory.mkdir(parents=True, exist_ok=True)
+    files = sorted(directory.glob("jets-*.parquet"))
+    total = sum(f.stat().st_size for f in files)
+    i = len(files)
+    while total < size_mb * 1e6:
+        path = directory / f"jets-{i:05d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(make_jets(JETS_PER_FILE, seed=i, first_event_id=i * JETS_PER_FILE), tmp)
+        tmp.rename(path)  # a half-written file is never taken for data
+        files.append(path)
+        total += path.stat().st_size
+        i += 1
+    # A cache made for a bigger run serves a smaller one: take a prefix.
+    used, taken = 0, []
+    for f in files:
+        if used >= size_mb * 1e6:
+            break
+        taken.append(f)
+        used += f.stat().st_size
+    return taken
+
+
+class PeakRSS:
+    """Peak of (this process + all descendants) RSS, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a worker that just exited
+                total += child.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def limit(files: list[Path]) -> tuple[float, int, int]:
+    """(seconds, sets, elements): pyarrow read + flatten into one contiguous float32 array."""
+    started = time.perf_counter()
+    sets = elements = 0
+    for f in files:
+        table = pq.read_table(f, columns=COLUMNS)
+        first = table.column(COLUMNS[0]).combine_chunks().flatten()
+        out = np.empty((len(first), len(COLUMNS)), dtype=np.float32)
+        for j, c in enumerate(COLUMNS):
+            out[:, j] = table.column(c).combine_chunks().flatten().to_numpy()
+        sets += table.num_rows
+        elements += out.shape[0]
+    return time.perf_counter() - started, sets, elements
+
+
+def setpipe_pass(files: list[Path]) -> tuple[float, float, int, int, int]:
+    """(seconds, seconds to first batch, sets, elements, batches) of one epoch of SetBatches."""
+    from setpipe.data import BatchStats, FittedTransforms, iter_set_batches, read_dataset
+    from setpipe.spec.models import DataSpec
+
+    spec = DataSpec.model_validate(
+        {
+            "train": [str(f) for f in files],
+            "elements": {"layout": "parallel", "columns": COLUMNS},
+            "context": ["jet_pt"],
+            "label": "label",
+            "batch": {"element_budget": BUDGET},
+        }
+    )
+    stats = BatchStats()
+    started = time.perf_counter()
+    ds = read_dataset(spec, "train")
+    first = None
+    for batch in iter_set_batches(ds, spec, FittedTransforms.from_spec(spec), stats=stats):
+        if first is None:
+            first = time.perf_counter() - started
+        assert batch.values.dtype.itemsize == 4  # float32, as a model eats it
+    return time.perf_counter() - started, first or 0.0, stats.sets, stats.elements, stats.batches
+
+
+def baseline(files: list[Path], seconds: float) -> tuple[float, int, int]:
+    """(seconds, sets, elements): DataLoader over pyarrow rows, per-row collate, padded."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Rows(IterableDataset):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for f in files:
+                table = pq.read_table(f, columns=[*COLUMNS, "label", "jet_pt"])
+                yield from table.to_pylist()
+
+    def collate(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = max(len(r[COLUMNS[0]]) for r in rows)
+        x = torch.zeros(len(rows), n, len(COLUMNS))
+        mask = torch.zeros(len(rows), n, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            k = len(r[COLUMNS[0]])
+            x[i, :k] = torch.tensor([r[c] for c in COLUMNS], dtype=torch.float32).T
+            mask[i, :k] = True
+        return x, mask, torch.tensor([r["label"] for r in rows])
+
+    # The same memory per batch as setpipe's: the budget over the mean set size.
+    loader = DataLoader(Rows(), batch_size=BUDGET // 40, collate_fn=collate, num_workers=0)
+    started = time.perf_counter()
+    sets = elements = 0
+    for _, mask, labels in loader:
+        sets += len(labels)
+        elements += int(mask.sum())
+        if time.perf_counter() - started > seconds:
+            break
+    return time.perf_counter() - started, sets, elements
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="~100 MB, under a minute")
+    parser.add_argument("--size-mb", type=int, default=None, help="dataset size (1100; quick 100)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "setpipe-bench",
+    )
+    parser.add_argument("--object-store-mb", type=int, default=300)
+    parser.add_argument("--baseline-seconds", type=float, default=None, help="(20; quick 5)")
+    args = parser.parse_args()
+    size_mb = args.size_mb or (100 if args.quick else 1100)
+    baseline_s = args.baseline_seconds or (5.0 if args.quick else 20.0)
+
+    t = time.perf_counter()
+    files = ensure_data(args.data_dir / "jets", size_mb)
+    on_disk = sum(f.stat().st_size for f in files) / 1e6
+    print(f"data: {len(files)} files, {on_disk:.0f} MB in {args.data_dir / 'jets'}", flush=True)
+    print(f"  (ready in {time.perf_counter() - t:.1f} s)", flush=True)
+    for f in files:  # warm the page cache: every reader below sees the same cache state
+        f.read_bytes()
+
+    import ray
+    import ray.data
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # A token of our own: a cluster another process starts meanwhile rewrites
+    # ~/.ray/auth_token, and this driver would then be locked out of its own cluster.
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    ray.init(
+        object_store_memory=args.object_store_mb * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+    lim_s, lim_sets, lim_el = limit(files)
+    lim_rate = lim_el / lim_s
+    print(
+        f"limit:    {lim_el / 1e6:8.1f} M elements in {lim_s:6.2f} s  {lim_rate / 1e6:7.2f} M el/s"
+    )
+
+    with PeakRSS() as rss:
+        sp_s, sp_first, sp_sets, sp_el, sp_batches = setpipe_pass(files)
+    assert (sp_sets, sp_el) == (lim_sets, lim_el), "setpipe delivered other sets than the files"
+    sp_rate = sp_el / sp_s
+    steady = sp_el / (sp_s - sp_first)
+    print(
+        f"setpipe:  {sp_el / 1e6:8.1f} M elements in {sp_s:6.2f} s  {sp_rate / 1e6:7.2f} M el/s "
+        f"({sp_sets / sp_s:,.0f} sets/s, {sp_batches} batches; first batch after "
+        f"{sp_first:.1f} s, {steady / 1e6:.2f} M el/s after it)"
+    )
+    print(
+        f"  peak RSS driver + Ray processes: {rss.peak / 2**20:,.0f} MB "
+        f"(object store {args.object_store_mb} MB, data {on_disk:.0f} MB)"
+    )
+
+    base_s, base_sets, base_el = baseline(files, baseline_s)
+    base_rate = base_el / base_s
+    print(
+        f"baseline: {base_el / 1e6:8.1f} M elements in {base_s:6.2f} s  "
+        f"{base_rate / 1e6:7.2f} M el/s ({base_sets / base_s:,.0f} sets/s)"
+    )
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    ray.shutdown()
+    print(
+        f"RESULT vs_limit={sp_rate / lim_rate:.3f} vs_baseline={sp_rate / base_rate:.2f} "
+        f"elements_per_s={sp_rate:.0f} sets_per_s={sp_sets / sp_s:.0f} "
+        f"peak_rss_mb={rss.peak / 2**20:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
