@@ -134,13 +134,17 @@ def test_sample_subsets_sizes_and_factors() -> None:
 
 @pytest.mark.parametrize("n", [7, 60])  # the key-sort path and the rejection path
 def test_subsets_are_uniform(n: int) -> None:
-    """Each element is chosen with probability M/n: counts within 5 binomial sigmas."""
+    """Each element is chosen with probability M/n: counts within 5 binomial sigmas.
+
+    The draws are ``draws`` sets of n elements in ONE batch (one call, as in training),
+    so this also checks that each set gets its own subset of exactly M.
+    """
     m, draws = 3, 3000
-    batch = random_batch([n])
-    g = torch.Generator().manual_seed(0)
-    counts = torch.zeros(n)
-    for _ in range(draws):
-        counts += torch.bincount(sample_subsets(batch, m, g).pool, minlength=n)
+    batch = random_batch([n] * draws)
+    pool = sample_subsets(batch, m, torch.Generator().manual_seed(0)).pool
+    owner = torch.searchsorted(batch.offsets[1:], pool, right=True)
+    assert torch.equal(torch.bincount(owner, minlength=draws), torch.full((draws,), m))
+    counts = torch.bincount(pool - batch.offsets[owner], minlength=n).double()
     p = m / n
     sigma = math.sqrt(draws * p * (1 - p))
     assert (counts - draws * p).abs().max() < 5 * sigma
