@@ -40,11 +40,13 @@ def ray_head() -> Iterator[Head]:
         RAY_AUTH_TOKEN=token,
         RAY_DEDUP_LOGS="0",
         RAY_USAGE_STATS_ENABLED="0",
-        # Startup and agent timeouts (60 s, 30 s by default) that a contended 2-core machine
-        # can exceed: `ray start` gives up on a slow dashboard, the raylet exits when its
-        # runtime-env agent is slow to answer.
+        # Startup timeouts (60 s, 30 s, 60 s by default) that a contended 2-core machine can
+        # exceed: `ray start` gives up on a slow dashboard, the raylet exits when its
+        # runtime-env agent is slow to answer, and kills (then restarts, forever) workers
+        # whose Python start-up outlasts the registration timeout.
         RAY_DASHBOARD_STARTUP_TIMEOUT_S="300",
         RAY_agent_register_timeout_ms="600000",
+        RAY_worker_register_timeout_seconds="600",
         # Job entrypoints say `python`: make it this venv's, which has setpipe's dependencies.
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )

@@ -87,7 +87,7 @@ def wait_dashboard(address: str, token: str, proc: subprocess.Popen, log: Path) 
     request = urllib.request.Request(
         f"{address}/api/version", headers={"Authorization": f"Bearer {token}"}
     )
-    deadline = time.monotonic() + 300  # `ray start` alone can take minutes on a contended box
+    deadline = time.monotonic() + 600  # `ray start` alone can take minutes on a contended box
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited {proc.returncode}:\n{log.read_text()[-3000:]}")
