@@ -195,13 +195,13 @@ def main() -> None:
     for f in files:  # warm the page cache: every reader below sees the same cache state
         f.read_bytes()
 
+    # Read by Ray at import. A token of our own: a cluster another process starts
+    # meanwhile rewrites ~/.ray/auth_token and would lock this driver out of its own.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     import ray
     import ray.data
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    # A token of our own: a cluster another process starts meanwhile rewrites
-    # ~/.ray/auth_token, and this driver would then be locked out of its own cluster.
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     ray.init(
         object_store_memory=args.object_store_mb * 1024**2,
         include_dashboard=False,
