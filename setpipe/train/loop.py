@@ -33,7 +33,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from setpipe.data.batch import SetBatch
 from setpipe.errors import TrainError
 from setpipe.spec.models import JobSpec
 from setpipe.train import checkpoint as ckpt
@@ -51,15 +50,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def _all_have_batch(batch: SetBatch | None, world: int, device: torch.device) -> bool:
-    """True while every rank still has a batch: the step's collectives need all ranks."""
-    if world == 1:
-        return batch is not None
-    flag = torch.tensor([0 if batch is None else 1], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
 
 
 def _sum_across(values: list[float], world: int, device: torch.device) -> list[float]:
@@ -83,10 +73,9 @@ def evaluate(
     job: JobSpec,
     transforms: Any,
     device: torch.device,
-    prefix: str,
     amp: bool,
-) -> dict[str, float]:
-    """``<prefix>_<metric>`` over this rank's shard, gathered across ranks (same on all)."""
+) -> Evaluation:
+    """This rank's shard's outputs, gathered across ranks (every rank holds them all)."""
     from setpipe.data import iter_set_batches
 
     evaluation = Evaluation(job.model.task)
@@ -101,7 +90,7 @@ def evaluate(
             evaluation.add(outputs, batch, float(loss))
     model.train()
     evaluation.gather()
-    return evaluation.compute(prefix)
+    return evaluation
 
 
 class _Progress:
@@ -154,7 +143,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
     import ray.train.torch
 
-    from setpipe.data import BatchStats, FittedTransforms, iter_set_batches
+    from setpipe.data import (
+        BatchStats,
+        FittedTransforms,
+        equalize_batches,
+        iter_set_batches,
+        torch_all_reduce_min,
+    )
     from setpipe.models import build_model
     from setpipe.spec import dump_job
 
@@ -194,6 +189,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "stopped_early": False,
     }
     best_state: dict[str, torch.Tensor] | None = None
+    # The best epoch's validation outputs, for the ROC plot; kept from that epoch's pass
+    # (not in checkpoints: after a resume they are computed again at the end).
+    best_predictions: tuple[np.ndarray, np.ndarray] | None = None
     state = _restore(config)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -220,25 +218,19 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         torch.manual_seed(spec.seed * 1_000_003 + epoch * 1009 + rank)
         generator.manual_seed(spec.seed * 1_000_003 + epoch * 1009 + rank + 7)
         stats = BatchStats()
-        batches = iter(
-            iter_set_batches(
-                ray.train.get_dataset_shard("train"),
-                job.data,
-                transforms,
-                epoch=epoch,
-                shuffle=True,
-                stats=stats,
-            )
+        shard = ray.train.get_dataset_shard("train")
+        # Every rank stops at the step where the first runs out (one MIN all-reduce per
+        # step); the others drain their rest, so no rank waits in a collective forever.
+        batches = equalize_batches(
+            iter_set_batches(shard, job.data, transforms, epoch=epoch, shuffle=True, stats=stats),
+            torch_all_reduce_min(device),
         )
-        loss_sum, sets, elements, steps = 0.0, 0, 0, 0
+        loss_sum, sets, elements = 0.0, 0, 0
         seen: list[float] = []
         first_checksum = None
         started = time.monotonic()
-        while True:
-            batch = next(batches, None)
-            if not _all_have_batch(batch, world, device):
-                break
-            batch = batch.to(device, non_blocking=True)
+        for steps, raw in enumerate(batches, start=1):
+            batch = raw.to(device, non_blocking=True)
             budget = spec.grad_element_budget
             if budget is not None and int(batch.sizes().max()) <= budget:
                 budget = None  # every set fits the budget: the plain full-gradient pass
@@ -256,8 +248,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             scaler.update()
             scheduler.step()
             loop["global_step"] += 1
-            steps += 1
-            loss_sum += float(loss) * batch.num_sets
+            loss_sum += float(loss.detach()) * batch.num_sets
             sets += batch.num_sets
             elements += batch.num_elements
             if config.get("trace_dir"):
@@ -267,9 +258,6 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
                     first_checksum = weight_checksum(model)
             progress.batch(epoch, steps, loss_sum / sets, sets * world, started)
             _maybe_fail(config, epoch, start_epoch, rank, world)
-        # A rank with batches left drains them, so every shard's epoch ends cleanly.
-        for _ in batches:
-            pass
         seconds = time.monotonic() - started
         _trace(
             config,
@@ -289,9 +277,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             "train_skipped_rows": skipped,
             "lr": scheduler.get_last_lr()[0],
         }
+        validation = None
         if config.get("has_validation"):
             shard = ray.train.get_dataset_shard("validation")
-            metrics |= evaluate(model, shard, job, transforms, device, "val", amp)
+            validation = evaluate(model, shard, job, transforms, device, amp)
+            metrics |= validation.compute("val")
         note = ""
         if monitor is not None:
             value = metrics.get(monitor, math.nan)
@@ -308,6 +298,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             if better:
                 loop["best"], loop["best_epoch"], loop["since_best"] = value, epoch, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_predictions = validation.predictions() if validation is not None else None
                 note += f"  [best {monitor}]"
             else:
                 loop["since_best"] += 1
@@ -346,12 +337,16 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         progress.epoch(epoch, metrics, seconds, note)
 
     final_state = best_state or {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    model.load_state_dict(final_state)
     test_metrics: dict[str, float] = {}
     if config.get("has_test"):
-        model.load_state_dict(final_state)
-        test_metrics = evaluate(
-            model, ray.train.get_dataset_shard("test"), job, transforms, device, "test", amp
-        )
+        shard = ray.train.get_dataset_shard("test")
+        test_metrics = evaluate(model, shard, job, transforms, device, amp).compute("test")
+    val_predictions = best_predictions
+    if val_predictions is None and config.get("has_validation") and job.model.task == "classify":
+        # The chosen weights' validation outputs, for the ROC plot tracking draws.
+        shard = ray.train.get_dataset_shard("validation")
+        val_predictions = evaluate(model, shard, job, transforms, device, amp).predictions()
     if rank != 0:
         return None
     return {
@@ -361,6 +356,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "stopped_early": loop["stopped_early"],
         "start_epoch": start_epoch,
         "test_metrics": test_metrics,
+        "val_predictions": val_predictions,
     }
 
 

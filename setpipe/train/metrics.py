@@ -161,6 +161,12 @@ class Evaluation:
         self.parts = [p for e in everyone for p in e[2]]
         self.targets = [t for e in everyone for t in e[3]]
 
+    def predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(probabilities [N, C], targets [N]) for classify, else None."""
+        if self.task != "classify" or not self.parts:
+            return None
+        return np.concatenate(self.parts), np.concatenate(self.targets)
+
     def compute(self, prefix: str) -> dict[str, float]:
         metrics = {f"{prefix}_loss": self.loss_sum / self.sets if self.sets else math.nan}
         if not self.parts:

@@ -46,6 +46,8 @@ class TrainOutcome:
     start_epoch: int = 0
     """First epoch of the attempt that finished (> 0 when it resumed from a checkpoint)."""
     stopped_early: bool = False
+    val_predictions: tuple[Any, Any] | None = None
+    """(probabilities [N, C], targets [N]) of the returned weights on validation (classify)."""
     monitor: tuple[str, str] | None = None
 
     @property
@@ -192,5 +194,6 @@ def fit(
         test_metrics=out["test_metrics"],
         start_epoch=out["start_epoch"],
         stopped_early=out["stopped_early"],
+        val_predictions=out["val_predictions"],
         monitor=config["monitor"],
     )
