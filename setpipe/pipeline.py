@@ -56,9 +56,14 @@ def _previous_unfinished(job: JobSpec) -> dict[str, str] | None:
 def connect(address: str | None) -> None:
     """No address: a local Ray in this process (token auth left on); else join the cluster."""
     import ray
+    import ray.data
 
     if not ray.is_initialized():
         ray.init(address=address)
+    # setpipe prints its own progress; Ray Data's would add a block of lines every 10 s.
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
 
 
 def run(job: JobSpec, *, address: str | None = None, progress: bool = True) -> RunSummary:
@@ -102,7 +107,13 @@ def run(job: JobSpec, *, address: str | None = None, progress: bool = True) -> R
         if outcome.test_metrics:
             log_epoch(run_id, job, last_epoch, outcome.test_metrics)
         logged_uri = log_model(
-            run_id, job, outcome.state_dict, transforms, outcome.history, example
+            run_id,
+            job,
+            outcome.state_dict,
+            transforms,
+            outcome.history,
+            example,
+            validation=outcome.val_predictions,
         )
         metric, _ = job.promotion
         decision = register_and_gate(job, run_id, logged_uri, outcome.val_metrics.get(metric))
