@@ -98,11 +98,13 @@ def table_to_batch(table: pa.Table, spec: DataSpec) -> SetBatch:
     if spec.label is not None:
         col = table.column(spec.label)
         is_int = pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)
-        targets = torch.from_numpy(_numpy(_chunks(col), np.int64 if is_int else np.float32))
+        targets = torch.from_numpy(
+            _writable(_numpy(_chunks(col), np.int64 if is_int else np.float32))
+        )
     element_targets = None
     if spec.element_label is not None:
         labels = _numpy(flat_children(table.column(spec.element_label)), np.float32)
-        element_targets = torch.from_numpy(labels)
+        element_targets = torch.from_numpy(_writable(labels))
     return SetBatch(
         values=torch.from_numpy(_writable(values)),
         offsets=torch.from_numpy(offsets),
