@@ -3,8 +3,9 @@
 Loopback only, fixed durations, stops by itself. For 50-element and 10k-element sets,
 16 concurrent clients post one set per request for DURATION seconds to each server in
 turn; requests/s and p50/p99 latency are measured client-side. Then one request with
-a 10⁶-element set goes to setpipe while the replica's RSS (found by the pid that
-GET /model reports, read from /proc) is sampled every 10 ms.
+a 10⁶-element set goes to setpipe while the RSS of the replica (the pid GET /model
+reports) and of Serve's HTTP proxy is sampled every 10 ms from /proc; huge_set_rss_mb
+is the sum of the two growths.
 
     .venv/bin/python bench/serve_load.py [--quick] [--duration S]
         [--model-uri URI --tracking-uri URI]
@@ -47,7 +48,8 @@ def make_set(n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     return {
         "features": {
-            "part_pt": rng.exponential(5.0, n).round(3).tolist(),
+            # pT > 0.5 like a detector threshold; a rounded 0 would make the job's log(pt) -inf
+            "part_pt": (0.5 + rng.exponential(5.0, n)).round(3).tolist(),
             "part_eta": rng.normal(0, 0.3, n).round(4).tolist(),
             "part_phi": rng.normal(0, 0.3, n).round(4).tolist(),
             "part_pid": rng.choice([22.0, 211.0, -211.0, 130.0], n).tolist(),
@@ -119,19 +121,36 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def huge_set_rss(url: str, n: int) -> tuple[float, float, int]:
-    """Post one n-element set; (RSS growth MB of the replica, seconds, status)."""
-    pid = httpx.get(f"{url}/model").json()["pid"]
+def proxy_pid() -> int:
+    """Serve's HTTP proxy of THIS run's Ray: a descendant of this process (the local raylet
+    is our child), so another Ray on the machine cannot be picked by mistake."""
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "ProxyActor" in " ".join(proc.cmdline()):
+                return proc.pid
+        except psutil.Error:
+            continue
+    raise SystemExit("no Serve ProxyActor process under this driver")
+
+
+def huge_set_rss(url: str, n: int) -> tuple[float, float, float, int]:
+    """Post one n-element set; (RSS growth MB of the replica, of the proxy, seconds, status).
+
+    Growth = peak RSS sampled every 10 ms during the request minus RSS just before it.
+    """
+    pids = {"replica": httpx.get(f"{url}/model").json()["pid"], "proxy": proxy_pid()}
     body = json.dumps({"sets": [make_set(n, seed=99)]}).encode()
-    print(f"huge set: {n} elements, {len(body) / 1e6:.1f} MB of JSON, replica pid {pid}")
-    base = rss_mb(pid)
-    peak = base
+    print(f"huge set: {n} elements, {len(body) / 1e6:.1f} MB of JSON, pids {pids}")
+    base = {k: rss_mb(pid) for k, pid in pids.items()}
+    peak = dict(base)
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         while not done.is_set():
-            peak = max(peak, rss_mb(pid))
+            for k, pid in pids.items():
+                peak[k] = max(peak[k], rss_mb(pid))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample)
@@ -141,7 +160,8 @@ def huge_set_rss(url: str, n: int) -> tuple[float, float, int]:
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()
-    return peak - base, seconds, response.status_code
+    growth = {k: peak[k] - base[k] for k in pids}
+    return growth["replica"], growth["proxy"], seconds, response.status_code
 
 
 def start_mlflow(model_uri: str, tracking_uri: str, port: int, log: Path) -> subprocess.Popen:
@@ -186,7 +206,7 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from setpipe.serve.app import ServeConfig, deploy
+    from setpipe.serve.app import ServeConfig, start
     from setpipe.tracking.registry import resolve
 
     tmp = Path(tempfile.mkdtemp(prefix="setpipe-bench-"))
@@ -202,9 +222,8 @@ def main() -> int:
     print(f"model {pinned}; {args.clients} clients, {duration:.0f} s per phase")
 
     port, mlflow_port = free_port(), free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    deploy(ServeConfig(name=name, tracking_uri=tracking_uri, replicas=args.replicas), version)
-    setpipe_url = f"http://127.0.0.1:{port}"
+    config = ServeConfig(name=name, tracking_uri=tracking_uri, replicas=args.replicas)
+    setpipe_url = start(config, version, port=port)  # 127.0.0.1: loopback only
     wait_http(f"{setpipe_url}/ready")
     mlflow_proc = start_mlflow(pinned, tracking_uri, mlflow_port, tmp / "mlflow-serve.log")
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
@@ -228,8 +247,12 @@ def main() -> int:
                     f"errors {stats['errors']}/{stats['requests']}",
                     flush=True,
                 )
-        growth, seconds, status = huge_set_rss(setpipe_url, huge_n)
-        print(f"huge set answered with {status} in {seconds:.1f} s; replica RSS +{growth:.0f} MB")
+        replica_mb, proxy_mb, seconds, status = huge_set_rss(setpipe_url, huge_n)
+        growth = replica_mb + proxy_mb  # the server is both processes
+        print(
+            f"huge set answered with {status} in {seconds:.1f} s; RSS +{replica_mb:.0f} MB "
+            f"replica, +{proxy_mb:.0f} MB proxy"
+        )
     finally:
         mlflow_proc.terminate()
         try:
@@ -246,7 +269,8 @@ def main() -> int:
     errors = sum(r["errors"] for r in results.values())
     print(
         f"RESULT rps_vs_mlflow={min(rps.values()):.2f} p99_vs_mlflow={max(p99.values()):.2f} "
-        f"huge_set_rss_mb={growth:.0f} rps_vs_mlflow_50={rps[50]:.2f} "
+        f"huge_set_rss_mb={growth:.0f} huge_set_replica_mb={replica_mb:.0f} "
+        f"huge_set_proxy_mb={proxy_mb:.0f} rps_vs_mlflow_50={rps[50]:.2f} "
         f"rps_vs_mlflow_10k={rps[10_000]:.2f} p99_vs_mlflow_50={p99[50]:.2f} "
         f"p99_vs_mlflow_10k={p99[10_000]:.2f} huge_set_elements={huge_n} "
         f"huge_set_status={status} errors={errors}"

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument(
         "--host",
-        default="127.0.0.1",
+        default="127.0.0.1",  # = serve.app.DEFAULT_HOST (not imported: --help stays fast)
         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)",
     )
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from setpipe.serve.app import ServeConfig, deploy
+    from setpipe.serve.app import ServeConfig, start
     from setpipe.serve.schema import Limits
     from setpipe.tracking.registry import parse_registry_uri, resolve
 
@@ -84,11 +84,10 @@ def run(args: argparse.Namespace) -> int:
     # A new local Ray turns token auth on by itself; a cluster keeps its own setting.
     ray.init(address=args.address, log_to_driver=False)
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        deploy(config, version)
+        url = start(config, version, host=args.host, port=args.port)
         following = f", following @{config.alias}" if config.alias else ""
         print(
-            f"serving {name} version {version}{following} at http://{args.host}:{args.port} "
+            f"serving {name} version {version}{following} at {url} "
             "(POST /predict, GET /health /ready /model); Ctrl-C stops",
             flush=True,
         )

@@ -54,14 +54,17 @@ def registered(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Reg
 
 @pytest.fixture(scope="session")
 def server(registered: Registered) -> Iterator[Server]:
-    """The real Serve app on 127.0.0.1:<free port>, following @champion every second."""
+    """The real Serve app on <default host>:<free port>, following @champion every second.
+
+    Started the way ``setpipe serve`` starts it, with the host left to its default (the
+    bind test checks that this listens on loopback only).
+    """
     from ray import serve
 
-    from setpipe.serve.app import ServeConfig, deploy
+    from setpipe.serve.app import ServeConfig, start
     from setpipe.serve.schema import Limits
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = ServeConfig(
         name=registered.name,
         alias=registered.job.tracking.alias,
@@ -71,11 +74,10 @@ def server(registered: Registered) -> Iterator[Server]:
         num_cpus=0.5,
         poll_s=1.0,
     )
-    deploy(config, registered.version)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    url = start(config, registered.version, port=port)
+    deadline = time.monotonic() + 120
     while httpx.get(f"{url}/ready", timeout=10).status_code != 200:
-        assert time.monotonic() < deadline, "the Serve app did not become ready in 60 s"
+        assert time.monotonic() < deadline, "the Serve app did not become ready in 120 s"
         time.sleep(0.2)
     yield Server(url, registered)
     serve.shutdown()

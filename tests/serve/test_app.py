@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -29,7 +30,7 @@ def big_set(n: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {
         "features": {
-            "part_pt": rng.exponential(5.0, n).round(4).tolist(),
+            "part_pt": (0.5 + rng.exponential(5.0, n)).round(4).tolist(),  # > 0: log(pt)
             "part_eta": rng.normal(0, 0.3, n).round(4).tolist(),
             "part_phi": rng.normal(0, 0.3, n).round(4).tolist(),
             "part_pid": rng.choice([22, 211, -211, 130], n).tolist(),
@@ -73,6 +74,34 @@ def test_health_ready_and_model(server: Server) -> None:
         "num_classes": 2,
     }
     assert int(info["version"]) >= int(server.registered.version)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the TCP sockets in LISTEN state on ``port`` (Linux /proc/net)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)  # header
+            for line in lines:
+                local, state = line.split()[1], line.split()[3]
+                address, port_hex = local.split(":")
+                if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                    continue
+                raw = bytes.fromhex(address)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
+def test_server_listens_on_loopback_only_by_default(server: Server) -> None:
+    """The fixture starts the app as `setpipe serve` does, leaving the host to its default."""
+    from setpipe.cli import build_parser
+    from setpipe.serve.app import DEFAULT_HOST
+
+    port = int(server.url.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"127.0.0.1"}
+    assert build_parser().parse_args(["serve", "models:/m@champion"]).host == DEFAULT_HOST
 
 
 def test_predictions_equal_the_pyfunc(server: Server) -> None:
@@ -211,6 +240,18 @@ BAD_PAYLOADS = [
     (
         {"sets": [one(context={"jet_pt": float("nan")})]},
         "sets[0].context.jet_pt: NaN is not allowed; values must be finite numbers",
+    ),
+    (
+        {"sets": [one({**GOOD, "part_eta": [True, 0.0, 0.1]})]},
+        "sets[0].features.part_eta[0]: expected a number, found true",
+    ),
+    (
+        {"sets": [one(), one(), one(context={"jet_pt": "high"})]},
+        'sets[2].context.jet_pt: expected a number, found "high"',
+    ),
+    (
+        {"sets": [one({**GOOD, "part_pt": [[10.0], [5.0], [2.0]]})]},
+        "sets[0].features.part_pt[0]: expected a number, found a list",
     ),
     (
         {"sets": [one(label=1)]},

@@ -24,6 +24,7 @@ def test_predict_writes_one_row_per_input_row_with_keys(
     registered: Registered, tmp_path: Path
 ) -> None:
     import mlflow
+
     from setpipe.tracking.registry import resolve
 
     out = tmp_path / "predictions"
