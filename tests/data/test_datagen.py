@@ -77,9 +77,9 @@ def test_digits(tmp_path: Path) -> None:
     resampled = read(tmp_path / "r" / "train")
     assert set(sizes(resampled.column("points")).tolist()) == {50}
     points = pc.list_flatten(resampled.column("points"))
-    x = points.field("x").to_numpy()
+    x = pc.struct_field(points, "x").to_numpy()
     assert x.min() >= -0.5 and x.max() <= 7.5
-    assert points.field("intensity").to_numpy().min() > 0  # only lit pixels are drawn
+    assert pc.struct_field(points, "intensity").to_numpy().min() > 0  # only lit pixels are drawn
 
 
 def test_passages(tmp_path: Path) -> None:
