@@ -171,8 +171,16 @@ def register_and_gate(
     tags = {METRIC_NAME_TAG: metric, "setpipe.job": job.name}
     if metric_value is not None:
         tags[METRIC_TAG] = repr(float(metric_value))
+    # The store's files, not the models:/m-... URI: given that, MLflow's sqlalchemy registry
+    # looks the logged model up through the process's *global* tracking URI (a TODO in
+    # its code), which is not this job's store.
+    source = (
+        client.get_logged_model(model_id).artifact_location
+        if model_id is not None
+        else logged_model_uri
+    )
     mv = client.create_model_version(
-        name, source=logged_model_uri, run_id=run_id, tags=tags, model_id=model_id
+        name, source=source, run_id=run_id, tags=tags, model_id=model_id
     )
     version = str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
