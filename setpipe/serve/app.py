@@ -21,8 +21,9 @@ Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready`` (503 until a model
 loaded), ``GET /model``.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the real Request class on
+# the ingress methods; as a string it was left unresolved under Serve (every POST answered
+# 422 "query.request: Field required").
 import asyncio
 import logging
 import os

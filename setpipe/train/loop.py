@@ -350,7 +350,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     if rank != 0:
         return None
     return {
-        "state_dict": final_state,
+        # numpy, not tensors: Ray Train refuses to return tensors from a worker.
+        "state_dict": {k: v.detach().cpu().numpy() for k, v in final_state.items()},
         "history": loop["history"],
         "best_epoch": loop["best_epoch"],
         "stopped_early": loop["stopped_early"],

@@ -138,7 +138,7 @@ def test_concurrent_requests_batched_together_get_their_own_answers(server: Serv
 def test_too_many_sets_is_413(server: Server) -> None:
     sets = jet_sets(server.registered, 1) * (TEST_LIMITS["max_sets"] + 1)
     response = server.post({"sets": sets})
-    assert response.status_code == 413
+    assert response.status_code == 413, response.text
     assert response.json() == {
         "detail": "sets: 9 sets exceed the limit of 8 per request (--max-sets)"
     }
