@@ -26,7 +26,9 @@ from setpipe.jobs.submit import JobsClient, submission_id_for
 from setpipe.spec import load_job
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+# Opt-in (`pytest -m multinode`): never seen to finish on the overloaded 2-core machine it
+# was written on; see the issue 7 note.
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 
 def _get(head: Head, path: str) -> dict:
