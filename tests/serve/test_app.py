@@ -284,7 +284,7 @@ def test_alias_move_under_continuous_requests(server: Server) -> None:
 
     registered = server.registered
     client = MlflowClient(registered.tracking_uri)
-    old = client.get_model_version_by_alias(registered.name, "champion").version
+    old = str(client.get_model_version_by_alias(registered.name, "champion").version)
     sets = jet_sets(registered, 3)
     seen: list[tuple[int, str]] = []
     stop = threading.Event()
