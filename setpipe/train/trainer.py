@@ -188,7 +188,8 @@ def fit(
     if out is None:
         raise TrainError(f"{job.name}: training ended without an outcome from rank 0")
     return TrainOutcome(
-        state_dict={k: torch.as_tensor(v) for k, v in out["state_dict"].items()},
+        # Copied: arrays from a Ray worker arrive read-only (zero-copy deserialisation).
+        state_dict={k: torch.tensor(v) for k, v in out["state_dict"].items()},
         history=out["history"],
         best_epoch=out["best_epoch"],
         test_metrics=out["test_metrics"],
