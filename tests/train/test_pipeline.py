@@ -150,8 +150,8 @@ def test_run_content_and_champion_gate(
     assert s3.decision.champion_version_before == "2"
     assert s3.decision.champion_metric_before == s2.metrics["val_auc"]
     assert "does not beat the champion (maximize)" in s3.decision.reason
-    assert store.get_model_version_by_alias(name, "champion").version == "2"
-    assert store.get_model_version_by_alias(name, "challenger").version == "3"
+    assert str(store.get_model_version_by_alias(name, "champion").version) == "2"
+    assert str(store.get_model_version_by_alias(name, "challenger").version) == "3"
     # The prediction printed by each run is the champion's: run 3's comes from version 2.
     assert s3.prediction == s2.prediction
     assert abs(sum(s3.prediction["probabilities"]) - 1) < 1e-9
