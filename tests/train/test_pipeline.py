@@ -167,7 +167,9 @@ def test_run_content_and_champion_gate(
         assert r.data.metrics["gate.challenger_metric"] == s.metrics["val_auc"]
         mv = store.get_model_version(name, s.version)
         assert mv.run_id == s.run_id
-        assert mv.source == r.data.tags["setpipe.model_uri"]
+        # Registered from the logged model's files (see registry.register_and_gate).
+        logged = store.get_logged_model(r.data.tags["setpipe.model_uri"].removeprefix("models:/"))
+        assert mv.source == logged.artifact_location
     assert "gate.champion_metric_before" not in runs[0].data.metrics
     assert runs[2].data.metrics["gate.champion_metric_before"] == s2.metrics["val_auc"]
 
