@@ -66,6 +66,21 @@ def connect(address: str | None) -> None:
     context.print_on_execution_start = False
 
 
+def _first_sets(datasets: dict[str, Any], count: int) -> Any:
+    """The first ``count`` sets of the test split (else validation, else train) in file order.
+
+    Ray Data hands blocks over as they finish unless told to keep order, so without it
+    each run of a job would log a different input example and print the champion's
+    prediction on a different set.
+    """
+    source = datasets["test"] or datasets["validation"] or datasets["train"]
+    # A derived Dataset shares its parent's context; a deep copy keeps the ordering
+    # to this small read instead of slowing the split's own passes.
+    ordered = type(source).copy(source.limit(count), _deep_copy=True)
+    ordered.context.execution_options.preserve_order = True
+    return ordered.take_batch(count, batch_format="pyarrow")
+
+
 def run(job: JobSpec, *, address: str | None = None, progress: bool = True) -> RunSummary:
     from setpipe.data import fit_transforms, read_dataset, table_to_batch
     from setpipe.tracking.mlflow_run import (
@@ -82,8 +97,7 @@ def run(job: JobSpec, *, address: str | None = None, progress: bool = True) -> R
     connect(address or job.cluster.address)
     datasets = {split: read_dataset(job.data, split) for split in ("train", "validation", "test")}
     transforms = fit_transforms(job.data, datasets["train"])
-    example_source = datasets["test"] or datasets["validation"] or datasets["train"]
-    example = table_to_batch(example_source.take_batch(4, batch_format="pyarrow"), job.data)
+    example = table_to_batch(_first_sets(datasets, 4), job.data)
 
     previous = _previous_unfinished(job)
     run_id = open_run(job, run_id=previous["run_id"] if previous else None)
