@@ -114,20 +114,23 @@ def check_schema(schema: pa.Schema, spec: DataSpec, source: str) -> None:
             raise DataError(f"{source}: column {col!r} has type {found}, expected {words}")
 
 
-def check_files(files: Files, spec: DataSpec) -> None:
-    """Read every file's footer and check its schema; threads, because remote footers are I/O."""
+def check_files(files: Files, spec: DataSpec) -> list[pq.FileMetaData]:
+    """Read every file's footer and check its schema; threads, because remote footers are I/O.
 
-    def one(i: int) -> None:
+    Returns the footers (row groups and their sizes), in file order, for the reader.
+    """
+
+    def one(i: int) -> pq.FileMetaData:
         try:
-            schema = pq.read_schema(files.paths[i], filesystem=files.filesystem)
+            metadata = pq.read_metadata(files.paths[i], filesystem=files.filesystem)
+            schema = metadata.schema.to_arrow_schema()
         except (OSError, pa.ArrowException) as err:
             raise DataError(f"{files.display[i]}: not a readable Parquet file ({err})") from None
         check_schema(schema, spec, files.display[i])
+        return metadata
 
     if len(files.paths) <= 4:
-        for i in range(len(files.paths)):
-            one(i)
-        return
+        return [one(i) for i in range(len(files.paths))]
     with ThreadPoolExecutor(max_workers=8) as pool:
         # list() re-raises the first error in file order.
-        list(pool.map(one, range(len(files.paths))))
+        return list(pool.map(one, range(len(files.paths))))

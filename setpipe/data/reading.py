@@ -2,17 +2,19 @@
 
 ``read_dataset`` returns a lazy ``ray.data.Dataset`` of Arrow rows with only the
 columns the job names plus the file each row came from (``__setpipe_path``, for bad-row
-messages). Training files are read in a shuffled file order, seeded by
-``data.shuffle.seed``; Ray reseeds it on every execution (each epoch's pass), so the
-order differs between epochs and repeats between runs. With ``data.split`` the
-validation and test datasets are the train files filtered by a stable key hash.
+messages), through setpipe's own Ray Data source (``_read_task``: one read task per
+file's row groups, none of ``read_parquet``'s per-pass listing). Training files are
+read in a shuffled file order drawn from ``data.shuffle.seed`` and Ray's execution
+index (each epoch's pass), so the order differs between epochs and repeats between
+runs. With ``data.split`` the validation and test datasets are the train files
+filtered by a stable key hash.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from setpipe.data._read_task import prepare_block
+from setpipe.data._read_task import SetParquetDatasource, SplitFilter, units_of
 from setpipe.data.bad_rows import check_rows
 from setpipe.data.convert import table_to_batch
 from setpipe.data.layout import check_files, needed_columns
@@ -38,39 +40,26 @@ def read_dataset(spec: DataSpec, split: Split) -> ray.data.Dataset | None:
     Every file's schema is checked (footers only) before any row is read.
     """
     import ray.data
-    from ray.data import FileShuffleConfig
 
     source = source_of(spec, split)
     if source is None:
         return None
     files = expand(source)
-    check_files(files, spec)
-    shuffle = None
-    if split == "train" and spec.shuffle.files:
-        shuffle = FileShuffleConfig(seed=spec.shuffle.seed, reseed_after_execution=True)
-    ds = ray.data.read_parquet(
-        files.paths,
-        filesystem=files.filesystem,
-        columns=needed_columns(spec),
-        include_paths=True,
-        shuffle=shuffle,
-        partitioning=None,
-        file_extensions=None,
+    footers = check_files(files, spec)
+    units = [
+        unit
+        for path, display, footer in zip(files.paths, files.display, footers, strict=True)
+        for unit in units_of(path, display, footer)
+    ]
+    split_filter = None
+    if spec.split is not None:
+        split_filter = SplitFilter(split, spec.split.key, spec.split.validation, spec.split.test)
+    seed = spec.shuffle.seed if split == "train" and spec.shuffle.files else None
+    datasource = SetParquetDatasource(
+        files.filesystem, units, needed_columns(spec), split_filter, shuffle_seed=seed
     )
-    prefix = files.display[0][: len(files.display[0]) - len(files.paths[0])]
-    return ds.map_batches(
-        prepare_block,
-        batch_format="pyarrow",
-        batch_size=None,
-        zero_copy_batch=True,
-        fn_kwargs={
-            "path_prefix": prefix,
-            "split": split,
-            "split_key": spec.split.key if spec.split else None,
-            "val": spec.split.validation if spec.split else 0.0,
-            "test": spec.split.test if spec.split else 0.0,
-        },
-    )
+    # One block per unit: Ray would otherwise cut each task's output into many small ones.
+    return ray.data.read_datasource(datasource, override_num_blocks=max(1, len(units)))
 
 
 def iter_tables(source: ray.data.Dataset | ray.data.DataIterator) -> object:
