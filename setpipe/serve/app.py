@@ -42,6 +42,7 @@ from setpipe.serve.schema import (
     Limits,
     ModelInfo,
     PredictResponse,
+    decode_body,
     parse_request,
 )
 
@@ -213,11 +214,15 @@ class SetModelServer:
             body = await _read_body(request, limits.max_body_bytes)
             # Validated against the job of the version loaded now; versions of one
             # registered model share the job's input layout.
-            if len(body) > _INLINE_PARSE_BYTES:
-                parsed = await asyncio.to_thread(parse_request, body, loaded.job, limits)
-            else:
-                parsed = parse_request(body, loaded.job, limits)
+            large = len(body) > _INLINE_PARSE_BYTES
+            # The bytes go before parsing: a 30 MB body is not held twice (bytes + text).
+            text = await asyncio.to_thread(decode_body, body) if large else decode_body(body)
             del body
+            if large:
+                parsed = await asyncio.to_thread(parse_request, text, loaded.job, limits)
+            else:
+                parsed = parse_request(text, loaded.job, limits)
+            del text
         except BadRequest as err:
             return _error(err.status, str(err))
         if self._batcher is None:

@@ -260,7 +260,15 @@ def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
     )
 
 
-def parse_request(body: bytes, job: JobSpec, limits: Limits) -> ParsedRequest:
+def decode_body(body: bytes | bytearray) -> str:
+    """The body as text; 422 when it is not UTF-8 (the message a JSON error would give)."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadRequest(422, f"body: not valid JSON ({err})") from None
+
+
+def parse_request(body: bytes | bytearray | str, job: JobSpec, limits: Limits) -> ParsedRequest:
     """Decode and validate a ``POST /predict`` body (already read under the byte cap)."""
     try:
         doc = loads_numeric(body)
