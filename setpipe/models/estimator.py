@@ -175,27 +175,31 @@ def estimated_forward(
     chunk_size: int,
     generator: torch.Generator | None = None,
     state0: MBCState | None = None,
+    rest_block: int | None = None,
 ) -> torch.Tensor:
     """The model's outputs on ``batch`` with the gradient carried by ``subsets`` only.
 
     ``state0`` is the initial state (its random slots) when already drawn, else it is
-    drawn here from ``generator``.
+    drawn here from ``generator``. The no-grad pass runs first, while no graph is alive,
+    in blocks of at most ``rest_block`` elements (default ``chunk_size``): the step's
+    peak memory is then the larger of the gradient subset's graph and one block, not
+    their sum. Blocking does not change the result (the encoder is MBC).
     """
     enc = model.encoder
     values, offsets = batch.values, batch.offsets
     if state0 is None:
         state0 = enc.init_state(batch.num_sets, values.device, state_dtype(values.dtype), generator)
 
+    with torch.no_grad():
+        rest = state0
+        for _, chunk, set_index in _rest(batch, subsets.pool, rest_block or chunk_size):
+            rest = enc.update(rest, chunk, set_index)
+
     sub = state0
     for i in range(0, subsets.pool.numel(), chunk_size):
         idx = subsets.pool[i : i + chunk_size]
         sub = enc.update(sub, values[idx], set_of(offsets, idx))
     sub = {k: scale_grad(v, subsets.factor) if k in enc.partial_keys else v for k, v in sub.items()}
-
-    with torch.no_grad():
-        rest = state0
-        for _, chunk, set_index in _rest(batch, subsets.pool, chunk_size):
-            rest = enc.update(rest, chunk, set_index)
     embedding = enc.finalize(enc.merge(sub, rest), batch.context)
 
     if model.task != "rank":

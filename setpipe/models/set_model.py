@@ -67,7 +67,12 @@ class SetModel(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Same outputs as ``forward``; the gradient is the unbiased n/M estimate from at most
-        ``grad_budget`` elements per set (see setpipe/models/estimator.py)."""
+        ``grad_budget`` elements per set (see setpipe/models/estimator.py).
+
+        The elements outside the subsets go through ``update`` under no_grad in blocks of
+        at most ``min(chunk_size, grad_budget)``: the gradient subset's graph, not the
+        no-grad pass, then sets the step's peak memory.
+        """
         if not self.is_mbc:
             raise ModelError(
                 "the gradient estimator (train.grad_element_budget) needs a mini-batch "
@@ -79,7 +84,9 @@ class SetModel(nn.Module):
             batch.num_sets, batch.values.device, state_dtype(batch.values.dtype), generator
         )
         subsets = sample_subsets(batch, grad_budget, generator, scoring=self.task == "rank")
-        return estimated_forward(self, batch, subsets, chunk_size, state0=state0)
+        return estimated_forward(
+            self, batch, subsets, chunk_size, state0=state0, rest_block=min(chunk_size, grad_budget)
+        )
 
     # ------------------------------------------------------------------ constant memory
 
