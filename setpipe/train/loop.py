@@ -128,6 +128,12 @@ def _maybe_fail(config: dict, epoch: int, start_epoch: int, rank: int, world: in
         return
     if config.get("in_process"):
         raise TrainError(f"injected failure in epoch {epoch} (fail_at_epoch test hook)")
+    # Ray Train V2 collects what workers reported (the last epoch's checkpoint) when its
+    # controller polls them, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): a worker dying
+    # sooner after its report would take the checkpoint with it and the retry would start
+    # from scratch (seen once epochs took well under a second). Let two polls pass.
+    interval = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2"))
+    time.sleep(2.5 * interval)
     print(f"injected failure: rank {rank} exits in epoch {epoch}", flush=True)
     os._exit(1)
 
