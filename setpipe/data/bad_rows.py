@@ -47,13 +47,18 @@ def _nonfinite_elements(
 ) -> list[Problem]:
     """Problems for null or non-finite element values; ``width`` > 1 for vector components."""
     problems: list[Problem] = []
-    nulls = [np.asarray(pc.is_null(c).to_numpy(zero_copy_only=False)) for c in children]
-    null_mask = np.concatenate(nulls) if nulls else np.zeros(0, dtype=bool)
+    # Arrow counts nulls per array: the common case (none) builds no mask at all.
+    has_nulls = any(c.null_count for c in children)
+    null_mask = None
+    if has_nulls:
+        null_mask = np.concatenate(
+            [np.asarray(pc.is_null(c).to_numpy(zero_copy_only=False)) for c in children]
+        )
     values_parts = [
         np.asarray(c.to_numpy(zero_copy_only=False)) if pa.types.is_floating(c.type) else None
         for c in children
     ]
-    if null_mask.any():
+    if null_mask is not None and null_mask.any():
         pos = np.flatnonzero(null_mask) // width
         rows = np.zeros(num_rows, dtype=bool)
         rows[_row_of(offsets, pos)] = True
@@ -65,7 +70,9 @@ def _nonfinite_elements(
         problems.append(Problem("null", rows, null_at))
     if all(v is not None for v in values_parts) and values_parts:
         values = np.concatenate(values_parts) if len(values_parts) > 1 else values_parts[0]
-        bad = ~np.isfinite(values) & ~null_mask
+        bad = ~np.isfinite(values)
+        if null_mask is not None:
+            bad &= ~null_mask
         if bad.any():
             flat_pos = np.flatnonzero(bad)
             pos = flat_pos // width

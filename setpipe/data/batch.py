@@ -91,12 +91,14 @@ class SetBatch:
         elem = torch.repeat_interleave(starts - offsets[:-1], sizes) + torch.arange(
             int(offsets[-1]), device=self.offsets.device
         )
+        # index_select gathers whole rows about twice as fast as values[elem] on CPU.
+        et = self.element_targets
         return SetBatch(
-            values=self.values[elem],
+            values=torch.index_select(self.values, 0, elem),
             offsets=offsets,
             context=None if self.context is None else self.context[idx],
             targets=None if self.targets is None else self.targets[idx],
-            element_targets=None if self.element_targets is None else self.element_targets[elem],
+            element_targets=None if et is None else torch.index_select(et, 0, elem),
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SetBatch:
