@@ -67,16 +67,13 @@ def units_of(path: str, display: str, metadata: pq.FileMetaData) -> list[ReadUni
 
 @dataclass(frozen=True)
 class SplitFilter:
-    """Keep the rows a stable hash of ``key`` assigns to ``split``."""
+    """Keep the rows the job's stable key hash (``spec``) assigns to ``split``."""
 
     split: str
-    key: str
-    validation: float
-    test: float
+    spec: SplitSpec
 
     def keep(self, table: pa.Table) -> pa.Table:
-        spec = SplitSpec(key=self.key, validation=self.validation, test=self.test)
-        codes = assign(table.column(self.key), spec)
+        codes = assign(table.column(self.spec.key), self.spec)
         return table.filter(pa.array(codes == SPLIT_CODE[self.split]))
 
 

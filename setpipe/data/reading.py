@@ -51,9 +51,7 @@ def read_dataset(spec: DataSpec, split: Split) -> ray.data.Dataset | None:
         for path, display, footer in zip(files.paths, files.display, footers, strict=True)
         for unit in units_of(path, display, footer)
     ]
-    split_filter = None
-    if spec.split is not None:
-        split_filter = SplitFilter(split, spec.split.key, spec.split.validation, spec.split.test)
+    split_filter = SplitFilter(split, spec.split) if spec.split is not None else None
     seed = spec.shuffle.seed if split == "train" and spec.shuffle.files else None
     datasource = SetParquetDatasource(
         files.filesystem, units, needed_columns(spec), split_filter, shuffle_seed=seed

@@ -49,12 +49,11 @@ class _Decoder(json.JSONDecoder):
 _DECODER = _Decoder()
 
 
-def loads_numeric(body: bytes | bytearray | str) -> Any:
-    """Decode a (UTF-8) JSON document; arrays of plain numbers become float64 numpy arrays.
+def loads_numeric(text: str) -> Any:
+    """Decode a JSON document; arrays of plain numbers become float64 numpy arrays.
 
     ``NaN``/``Infinity`` are accepted here (Python's json accepts them) so that the
     validator can reject them with the set, field and index they occur at.
-    Raises ``json.JSONDecodeError`` or ``UnicodeDecodeError`` for a malformed body.
+    Raises ``json.JSONDecodeError`` for a malformed document.
     """
-    text = body if isinstance(body, str) else body.decode("utf-8")
     return _DECODER.decode(text)

@@ -269,10 +269,14 @@ def decode_body(body: bytes | bytearray) -> str:
 
 
 def parse_request(body: bytes | bytearray | str, job: JobSpec, limits: Limits) -> ParsedRequest:
-    """Decode and validate a ``POST /predict`` body (already read under the byte cap)."""
+    """Decode and validate a ``POST /predict`` body (already read under the byte cap).
+
+    The server passes text from ``decode_body`` (so it can drop the bytes first).
+    """
+    text = body if isinstance(body, str) else decode_body(body)
     try:
-        doc = loads_numeric(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        doc = loads_numeric(text)
+    except json.JSONDecodeError as err:
         raise BadRequest(422, f"body: not valid JSON ({err})") from None
     if not isinstance(doc, dict):
         raise BadRequest(422, f'body: expected an object {{"sets": [...]}}, found {_describe(doc)}')
