@@ -260,6 +260,11 @@ BAD_PAYLOADS = [
     ({"sets": []}, "sets: expected a non-empty list of sets, found an empty list"),
     ({"inputs": [one()]}, "body.inputs: unknown field; expected sets"),
     (b'{"sets": [', "body: not valid JSON (Expecting value: line 1 column 11 (char 10))"),
+    (
+        b'{"sets": "\xff"}',
+        "body: not valid JSON ('utf-8' codec can't decode byte 0xff in position 10: "
+        "invalid start byte)",
+    ),
 ]
 
 
