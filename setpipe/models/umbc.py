@@ -228,9 +228,18 @@ def _shift(old_max: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
     )
 
 
-LOCAL_SETS = 4
-"""Sets per element block that ``segment_pool`` sums with one matmul; elements of a
-block's 5th and later sets (blocks full of tiny sets) take the scatter path."""
+MAX_TILE = 256
+"""Largest tile of ``segment_pool``: a huge set's per-tile sums are then 1/16 of its inputs."""
+
+
+def tile_size(mean_len: float) -> int:
+    """Elements per tile: the power of two at least half the mean set length, 1..MAX_TILE.
+
+    Each set is padded to whole tiles, so a tile near half a set wastes about a quarter
+    of a tile per set; smaller tiles mean more, smaller matmuls and more per-tile sums.
+    Sets of one or two elements get tiles of 1: the plain outer product.
+    """
+    return min(MAX_TILE, 1 << max(0, math.ceil(math.log2(max(mean_len / 2, 1.0)))))
 
 
 def segment_pool(
@@ -240,11 +249,13 @@ def segment_pool(
 
     a [e, H, K], vals [e, H, d], set_index [e] (any order). The direct way, an outer
     product [e, H, K, d] scattered with index_add, is memory-bound (on CPU about 10 ns
-    per float, 2/3 of a UMBC step). Instead the elements, sorted by set, are cut into
-    blocks of L (about one set's length); in each block every element's weights go to
-    the column group of its local set (at most LOCAL_SETS per block), and one batched
-    matmul [U·K, L] @ [L, d+1] gives the block's per-set numerators and (through a
-    column of ones) denominators. Only those U rows per block are scattered.
+    per float). Instead each set's elements, sorted by set, are laid out in tiles of T
+    (``tile_size``; the set's last tile zero-padded) as [tiles, H, T, K] and
+    [tiles, H, T, d]; one batched matmul gives every tile's sums [tiles, H, K, d], and
+    only those are scattered to their sets. The layout is built with out-of-place
+    ``index_copy_`` into a fresh buffer (its backward is a gather), never a write into a
+    view, whose backward (CopySlices) clones the whole buffer. On jet-like batches this is
+    about 5x faster than blocks shared by several sets with one column group per set.
     """
     e, heads, k = a.shape
     d = vals.shape[-1]
@@ -256,43 +267,26 @@ def segment_pool(
     if not bool((set_index[1:] >= set_index[:-1]).all()):
         order = torch.argsort(set_index, stable=True)
         a, vals, set_index = a[order], vals[order], set_index[order]
-    first = torch.ones(e, dtype=torch.bool, device=a.device)
-    first[1:] = set_index[1:] != set_index[:-1]
-    rank = torch.cumsum(first, 0) - 1  # dense set rank in the chunk [e]
-    distinct = set_index[first]
-    # L: a power of two at least the mean set length here (16..256), so a block holds ~2 sets.
-    mean_len = e / distinct.numel()
-    block = min(256, max(16, 1 << math.ceil(math.log2(mean_len))))
-    nb = -(-e // block)
-    local = rank - rank[torch.arange(e, device=a.device) // block * block]
-    fits = local < LOCAL_SETS
-
-    # Elements past the block's LOCAL_SETS-th set: the outer-product scatter (rare for
-    # sets of ~L elements or more, all of them for sets of one or two elements).
-    over = (~fits).nonzero().squeeze(1)
-    if over.numel():
-        num = num.index_add(0, set_index[over], a[over, :, :, None] * vals[over, :, None, :])
-        den = den.index_add(0, set_index[over], a[over])
-    inside = fits.nonzero().squeeze(1)
-    if inside.numel() == 0:
-        return num, den
-    u = int(local[inside].max()) + 1  # sets per block actually present (1 for a huge set)
-
-    # Weights [nb, H, L, U, K]: element i's a_i[h, :] in the column group of its local set.
-    w = a.new_zeros(nb, heads, block, u, k)
-    w.permute(0, 2, 3, 1, 4)[inside // block, inside % block, local[inside]] = a[inside]
-    w = w.view(nb * heads, block, u * k)
-    # Values [nb, H, d+1, L], written in place (no concatenated or padded copies), with a
-    # column of ones that sums a: the denominators.
-    v1 = vals.new_zeros(nb, heads, d + 1, block)
-    rows = torch.arange(e, device=a.device)
-    v1.permute(0, 3, 1, 2)[rows // block, rows % block, :, :d] = vals
-    v1[:, :, d] = 1.0
-    v1 = v1.view(nb * heads, d + 1, block)
-    sums = torch.bmm(v1, w).view(nb, heads, d + 1, u, k).permute(0, 3, 1, 4, 2)
-    # Row (block, j) belongs to the j-th set from the block's first; past the chunk's
-    # last set a row is all zeros, so any valid target is fine.
-    target = rank[::block][:, None] + torch.arange(u, device=a.device)
-    target = distinct[target.clamp(max=distinct.numel() - 1)].reshape(-1)
-    sums = sums.reshape(nb * u, heads, k, d + 1)
-    return num.index_add(0, target, sums[..., :d]), den.index_add(0, target, sums[..., d])
+    distinct, counts = torch.unique_consecutive(set_index, return_counts=True)
+    t = tile_size(e / distinct.numel())
+    tiles = (counts + t - 1) // t
+    rank = torch.repeat_interleave(torch.arange(distinct.numel(), device=a.device), counts)
+    pos = torch.arange(e, device=a.device) - (torch.cumsum(counts, 0) - counts)[rank]
+    tile = (torch.cumsum(tiles, 0) - tiles)[rank] + pos // t
+    nt = int(tiles.sum())
+    if nt * t == e:  # no padding (e.g. a huge set in chunks of a multiple of T): a transpose
+        grid_a = a.view(nt, t, heads, k).transpose(1, 2).reshape(nt * heads, t, k)
+        grid_v = vals.view(nt, t, heads, d).transpose(1, 2).reshape(nt * heads, t, d)
+    else:
+        # Row of (element i, head h) in the [tiles, H, T] grid. In-place into a fresh
+        # buffer: the out-of-place index_copy would clone the zeros first.
+        h = torch.arange(heads, device=a.device)
+        rows = ((tile[:, None] * heads + h) * t + (pos % t)[:, None]).reshape(-1)
+        grid_a = a.new_zeros(nt * heads * t, k).index_copy_(0, rows, a.reshape(e * heads, k))
+        grid_v = vals.new_zeros(nt * heads * t, d)
+        grid_v = grid_v.index_copy_(0, rows, vals.reshape(e * heads, d))
+        grid_a, grid_v = grid_a.view(nt * heads, t, k), grid_v.view(nt * heads, t, d)
+    sums = torch.bmm(grid_a.transpose(1, 2), grid_v)
+    tile_set = torch.repeat_interleave(distinct, tiles)
+    num = num.index_add(0, tile_set, sums.view(nt, heads, k, d))
+    return num, den.index_add(0, set_index, a)

@@ -1,11 +1,11 @@
-"""UMBC's blocked-matmul pooling equals the plain outer-product scatter, values and gradients."""
+"""UMBC's tiled-matmul pooling equals the plain outer-product scatter, values and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from setpipe.models.umbc import segment_pool
+from setpipe.models.umbc import segment_pool, tile_size
 
 
 def scatter_pool(
@@ -21,19 +21,20 @@ def scatter_pool(
 
 def sizes_case(name: str) -> list[int]:
     return {
-        # one huge set (one set per block), jet-like sizes (~2 sets a block), mostly
-        # one-element sets (mean length ~1 -> blocks of 16 elements holding up to 16 sets,
-        # more than LOCAL_SETS=4: the scatter fallback), a mix with empty sets, and sizes
-        # that leave a ragged last block.
+        # one huge set (tiles of 256, the last one padded), jet-like sizes (tiles of 32),
+        # mostly one-element sets (tiles of 1: the outer product), a mix with empty sets,
+        # sizes that leave ragged last tiles, and sets that fill whole tiles (no padding:
+        # the transpose path).
         "huge": [3000],
         "jets": [45, 12, 80, 3, 120, 44, 46, 7, 60, 33],
         "tiny": [1] * 40 + [2] * 10,
         "mixed": [0, 5, 0, 300, 1, 1, 1, 1, 1, 1, 17, 0],
         "ragged": [257, 3, 19],
+        "whole_tiles": [64, 32, 96],
     }[name]
 
 
-@pytest.mark.parametrize("case", ["huge", "jets", "tiny", "mixed", "ragged"])
+@pytest.mark.parametrize("case", ["huge", "jets", "tiny", "mixed", "ragged", "whole_tiles"])
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_segment_pool_matches_scatter(case: str, shuffle: bool) -> None:
     sizes = sizes_case(case)
@@ -46,6 +47,8 @@ def test_segment_pool_matches_scatter(case: str, shuffle: bool) -> None:
     vals = torch.randn(e, heads, d, generator=g, dtype=torch.float64, requires_grad=True)
     got = segment_pool(a, vals, set_index, len(sizes))
     want = scatter_pool(a, vals, set_index, len(sizes))
+    if case == "whole_tiles" and not shuffle:
+        assert sum(sizes) % tile_size(sum(sizes) / len(sizes)) == 0  # really the no-pad path
     for x, y in zip(got, want, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
     # Gradients through both outputs with the same random cotangents.
