@@ -8,7 +8,10 @@ the same files and the same columns, in one run:
 - setpipe: ``read_dataset`` (Ray Data, a local Ray whose object store is several times
   smaller than the data) then ``iter_set_batches`` in the driver, one consumer as a
   training worker would be: bad-row checks, Arrow -> SetBatch, the default shuffle
-  buffer (10k sets), element-budget batches of 16384;
+  buffer (10k sets), element-budget batches of 16384. The consumer runs with one torch
+  thread, as a 1-CPU Ray Train worker does (Ray sets its OMP_NUM_THREADS=1): with two
+  threads on two cores already busy with read tasks, OpenMP's spinning threads take
+  half the driver's CPU (9.3 instead of 15.6 M el/s measured here);
 - the limit: ``pyarrow.parquet.read_table`` of each file, its element columns flattened
   into one contiguous float32 [E, 4] array;
 - the baseline: a torch ``DataLoader`` over pyarrow rows (``to_pylist``) with a per-row
@@ -119,6 +122,8 @@ def limit(files: list[Path]) -> tuple[float, int, int]:
 
 def setpipe_pass(files: list[Path]) -> tuple[float, float, int, int, int]:
     """(seconds, seconds to first batch, sets, elements, batches) of one epoch of SetBatches."""
+    import torch
+
     from setpipe.data import BatchStats, FittedTransforms, iter_set_batches, read_dataset
     from setpipe.spec.models import DataSpec
 
@@ -132,6 +137,8 @@ def setpipe_pass(files: list[Path]) -> tuple[float, float, int, int, int]:
         }
     )
     stats = BatchStats()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     started = time.perf_counter()
     ds = read_dataset(spec, "train")
     first = None
@@ -139,6 +146,7 @@ def setpipe_pass(files: list[Path]) -> tuple[float, float, int, int, int]:
         if first is None:
             first = time.perf_counter() - started
         assert batch.values.dtype.itemsize == 4  # float32, as a model eats it
+    torch.set_num_threads(threads)
     return time.perf_counter() - started, first or 0.0, stats.sets, stats.elements, stats.batches
 
 
