@@ -3,9 +3,9 @@
 A batch closes when the next set would take it past ``data.batch.element_budget``; a
 set larger than the budget goes alone (the encoder chunks it). The shuffle buffer
 holds at most ``data.shuffle.buffer_sets`` sets (plus one incoming block): when full,
-a random half of it is passed on, gathered straight into batches (``SetPool``). Every random draw comes from
-``numpy.random.default_rng([seed, epoch])``, so an epoch is reproducible given the
-order the blocks arrive in.
+a random half of it is passed on, gathered straight into batches (``SetPool``).
+Every random draw comes from ``numpy.random.default_rng([seed, epoch])``, so an epoch
+is reproducible given the order the blocks arrive in.
 """
 
 from __future__ import annotations
