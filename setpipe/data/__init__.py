@@ -13,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from setpipe.data.augment import augment_batch
     from setpipe.data.bad_rows import check_rows
     from setpipe.data.batch import SetBatch
     from setpipe.data.batching import (
@@ -31,6 +32,7 @@ _WHERE = {
     "BatchStats": "batching",
     "FittedTransforms": "transforms",
     "SetBatch": "batch",
+    "augment_batch": "augment",
     "budget_bounds": "batching",
     "check_rows": "bad_rows",
     "equalize_batches": "batching",
@@ -46,6 +48,7 @@ __all__ = [
     "BatchStats",
     "FittedTransforms",
     "SetBatch",
+    "augment_batch",
     "budget_bounds",
     "check_rows",
     "equalize_batches",

@@ -190,9 +190,13 @@ class FittedTransforms:
             )
         raw = batch.values.to(torch.float64)
         sets = _Sets(batch)
-        columns = [self._chain(f, raw, sets, stop_at_standardize=False) for f in self.features]
-        values = torch.stack(columns, dim=1).to(torch.float32) if columns else raw[:, :0]
-        return replace(batch, values=values.to(torch.float32).contiguous())
+        # Each feature is computed in float64 and written straight into the float32 output:
+        # one float64 column alive at a time, not all of them plus a stacked copy.
+        shape = (batch.num_elements, len(self.features))
+        values = batch.values.new_empty(shape, dtype=torch.float32)
+        for j, feature in enumerate(self.features):
+            values[:, j] = self._chain(feature, raw, sets, stop_at_standardize=False)
+        return replace(batch, values=values)
 
     def pre_standardize(self, batch: SetBatch) -> dict[str, torch.Tensor]:
         """feature name -> float64 [E]: its values just before its standardize op."""

@@ -152,6 +152,25 @@ class FeatureSpec(StrictModel):
     )
 
 
+class RotateAugment(StrictModel):
+    op: Literal["rotate"] = Field(
+        description="Rotate the plane of two model features by one random angle per set "
+        "(training only): jets are symmetric about their axis in (y_rel, phi_rel)."
+    )
+    features: tuple[str, str] = Field(description="The two model features spanning the plane.")
+
+
+class ReflectAugment(StrictModel):
+    op: Literal["reflect"] = Field(
+        description="Flip the sign of each listed model feature with probability 1/2 per set "
+        "(training only)."
+    )
+    features: list[str] = Field(min_length=1, description="Model features, each flipped apart.")
+
+
+AugmentOp = Annotated[RotateAugment | ReflectAugment, Field(discriminator="op")]
+
+
 class SplitSpec(StrictModel):
     """Split one source into train/validation/test by a stable hash of a key column."""
 
@@ -217,6 +236,11 @@ class DataSpec(StrictModel):
         default=None, description="Row key column kept beside predictions (query id, event id)."
     )
     batch: BatchSpec = Field(default_factory=BatchSpec, description="Batching by element budget.")
+    augment: list[AugmentOp] = Field(
+        default_factory=list,
+        description="Random symmetries applied to training batches after the transforms, drawn "
+        "per set from the run's seed; never to validation, test or serving.",
+    )
     shuffle: ShuffleSpec = Field(default_factory=ShuffleSpec, description="Shuffling.")
     on_bad_row: Literal["error", "skip"] = Field(
         default="error",
@@ -244,6 +268,16 @@ class DataSpec(StrictModel):
                         f"feature {feature.name!r}: center weight {op.weight!r} is not an element "
                         f"feature; expected one of {sorted(element_features)}"
                     )
+        model_features = set(self.feature_names)
+        for aug in self.augment:
+            unknown = sorted(set(aug.features) - model_features)
+            if unknown:
+                raise ValueError(
+                    f"augment {aug.op}: {', '.join(map(repr, unknown))} is not a model feature; "
+                    f"expected names from {sorted(model_features)}"
+                )
+            if isinstance(aug, RotateAugment) and aug.features[0] == aug.features[1]:
+                raise ValueError(f"augment rotate needs two different features, got {aug.features}")
         names = [f.name for f in self.features or []]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:

@@ -152,6 +152,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     from setpipe.data import (
         BatchStats,
         FittedTransforms,
+        augment_batch,
         equalize_batches,
         iter_set_batches,
         torch_all_reduce_min,
@@ -237,6 +238,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         started = time.monotonic()
         for steps, raw in enumerate(batches, start=1):
             batch = raw.to(device, non_blocking=True)
+            if job.data.augment:
+                batch = augment_batch(batch, job.data.augment, job.data.feature_names, generator)
             budget = spec.grad_element_budget
             if budget is not None and int(batch.sizes().max()) <= budget:
                 budget = None  # every set fits the budget: the plain full-gradient pass

@@ -117,6 +117,18 @@ def test_center_weight_must_be_an_element_feature() -> None:
     )
 
 
+def test_augment_names_model_features() -> None:
+    assert problem(data__augment=[{"op": "reflect", "features": ["phi"]}]) == (
+        "t.yaml: data: augment reflect: 'phi' is not a model feature; expected names from "
+        "['eta', 'pt']"
+    )
+    assert problem(data__augment=[{"op": "rotate", "features": ["eta", "eta"]}]) == (
+        "t.yaml: data: augment rotate needs two different features, got ('eta', 'eta')"
+    )
+    rotate = {"op": "rotate", "features": ["pt", "eta"]}
+    assert job(data__augment=[rotate]).data.augment[0].features == ("pt", "eta")
+
+
 def test_split_excludes_explicit_sources() -> None:
     assert problem(data__split={"key": "id"}, data__validation="v/") == (
         "t.yaml: data: give either split or validation/test sources, not both: split derives "
