@@ -3,14 +3,13 @@
 A batch closes when the next set would take it past ``data.batch.element_budget``; a
 set larger than the budget goes alone (the encoder chunks it). The shuffle buffer
 holds at most ``data.shuffle.buffer_sets`` sets (plus one incoming block): when full,
-a random half of it is passed on, gathered straight into batches (``SetPool``).
-Every random draw comes from ``numpy.random.default_rng([seed, epoch])``, so an epoch
-is reproducible given the order the blocks arrive in.
+a random half of it is passed on. Every random draw comes from
+``numpy.random.default_rng([seed, epoch])``, so an epoch is reproducible given the
+order the blocks arrive in.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -119,129 +118,25 @@ def bucket_batches(
             yield pool.slice_sets(int(bounds[i]), int(bounds[i + 1]))
 
 
-BLOCK, SET, START, SIZE = range(4)
-"""Columns of a pool reference: a held set is a row (block, set in block, first element, size)."""
-
-
-class SetPool:
-    """Sets held by reference to the blocks they arrived in, copied once: when a batch leaves.
-
-    References are int64 rows (block, set, start, size), so a batch's element rows come
-    from one vectorised repeat. ``take`` gathers the referenced sets grouped by block
-    (their order within a block kept): one ``index_select`` per block straight into the
-    batch's buffer. Blocks no reference points to any more are dropped (``retain``).
-    """
-
-    def __init__(self) -> None:
-        self.blocks: list[SetBatch] = []
-
-    def add(self, block: SetBatch) -> np.ndarray:
-        """Hold ``block``; references to its sets."""
-        offsets = block.offsets.numpy()
-        refs = np.empty((block.num_sets, 4), dtype=np.int64)
-        refs[:, BLOCK] = len(self.blocks)
-        refs[:, SET] = np.arange(block.num_sets)
-        refs[:, START] = offsets[:-1]
-        refs[:, SIZE] = np.diff(offsets)
-        self.blocks.append(block)
-        return refs
-
-    def take(self, refs: np.ndarray) -> SetBatch:
-        """One new batch holding the referenced sets, grouped by block."""
-        refs = refs[np.argsort(refs[:, BLOCK], kind="stable")]
-        sizes = refs[:, SIZE]
-        offsets = np.zeros(len(refs) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offsets[1:])
-        total = int(offsets[-1])
-        rows = torch.from_numpy(np.repeat(refs[:, START] - offsets[:-1], sizes) + np.arange(total))
-        first = self.blocks[int(refs[0, BLOCK])]
-        values = first.values.new_empty((total, first.num_features))
-        et = None if first.element_targets is None else first.element_targets.new_empty(total)
-        ctx = (
-            None
-            if first.context is None
-            else first.context.new_empty(len(refs), *first.context.shape[1:])
-        )
-        tg = None if first.targets is None else first.targets.new_empty(len(refs))
-        cuts = np.flatnonzero(np.diff(refs[:, BLOCK])) + 1
-        for lo, hi in itertools.pairwise([0, *cuts.tolist(), len(refs)]):
-            block = self.blocks[int(refs[lo, BLOCK])]
-            a, b = int(offsets[lo]), int(offsets[hi])
-            torch.index_select(block.values, 0, rows[a:b], out=values[a:b])
-            if et is not None:
-                torch.index_select(block.element_targets, 0, rows[a:b], out=et[a:b])  # type: ignore[arg-type]
-            if ctx is not None or tg is not None:
-                sets = torch.from_numpy(refs[lo:hi, SET])
-                if ctx is not None:
-                    torch.index_select(block.context, 0, sets, out=ctx[lo:hi])  # type: ignore[arg-type]
-                if tg is not None:
-                    torch.index_select(block.targets, 0, sets, out=tg[lo:hi])  # type: ignore[arg-type]
-        return SetBatch(
-            values=values,
-            offsets=torch.from_numpy(offsets),
-            context=ctx,
-            targets=tg,
-            element_targets=et,
-        )
-
-    def retain(self, *refs: np.ndarray) -> None:
-        """Drop the blocks none of ``refs`` points to; renumber ``refs`` (in place) to match."""
-        live = np.unique(np.concatenate([r[:, BLOCK] for r in refs]))
-        self.blocks = [self.blocks[i] for i in live]
-        for r in refs:
-            r[:, BLOCK] = np.searchsorted(live, r[:, BLOCK])
-
-
-def shuffle_batches(
-    chunks: Iterable[SetBatch],
-    buffer_sets: int,
-    budget: int,
-    rng: np.random.Generator,
-    *,
-    bucket: bool = False,
+def shuffle_sets(
+    chunks: Iterable[SetBatch], buffer_sets: int, rng: np.random.Generator
 ) -> Iterator[SetBatch]:
-    """Element-budget batches of sets shuffled through a buffer of about ``buffer_sets``.
-
-    When the buffer holds ``buffer_sets`` sets, a random half of them leaves, cut into
-    batches by the greedy budget rule (the last, partial batch waits for the next half,
-    as ``budget_batches`` carries its remainder). With ``bucket`` each half is instead
-    sorted by size (ties random) and its batches leave in random order, as
-    ``bucket_batches`` does per chunk. Sets stay in the blocks they came in until their
-    batch is gathered, so each element is copied once (a buffer that concatenates and
-    re-selects copies the sets it keeps again every round: about 4 copies per element).
-    """
-    pool = SetPool()
-    held = carry = np.empty((0, 4), dtype=np.int64)
-
-    def leave(out: np.ndarray, last: bool) -> Iterator[SetBatch]:
-        nonlocal carry
-        if bucket:
-            jitter = rng.permutation(len(out))
-            out = out[jitter[np.argsort(out[jitter, SIZE], kind="stable")]]
-            bounds = budget_bounds(out[:, SIZE], budget)
-            for i in rng.permutation(len(bounds) - 1):
-                yield pool.take(out[bounds[i] : bounds[i + 1]])
-            return
-        out = np.concatenate([carry, out])
-        bounds = budget_bounds(out[:, SIZE], budget)
-        whole = len(bounds) - 1 if last else len(bounds) - 2
-        for lo, hi in itertools.pairwise(bounds[: whole + 1]):
-            yield pool.take(out[lo:hi])
-        carry = out[bounds[whole] :]
-
+    """A local shuffle of sets through a buffer of about ``buffer_sets`` sets."""
+    pool: list[SetBatch] = []
+    held = 0
     for chunk in chunks:
-        if chunk.num_sets == 0:
+        pool.append(chunk)
+        held += chunk.num_sets
+        if held < buffer_sets:
             continue
-        held = np.concatenate([held, pool.add(chunk)])
-        if len(held) < buffer_sets:
-            continue
-        perm = rng.permutation(len(held))
+        merged = SetBatch.concat(pool)
+        perm = torch.from_numpy(rng.permutation(held))
         keep = buffer_sets // 2
-        yield from leave(held[perm[keep:]], last=False)
-        held = held[perm[:keep]]
-        pool.retain(held, carry)
-    if len(held) or len(carry):
-        yield from leave(held[rng.permutation(len(held))], last=True)
+        yield merged.select(perm[keep:])
+        pool, held = ([merged.select(perm[:keep])], keep) if keep else ([], 0)
+    if held:
+        merged = SetBatch.concat(pool)
+        yield merged.select(torch.from_numpy(rng.permutation(held)))
 
 
 def padding_fraction(sizes: np.ndarray, budget: int, bucket_window: int | None = None) -> float:
@@ -290,16 +185,14 @@ def iter_set_batches(
             if table.num_rows:
                 yield transforms.apply(table_to_batch(table, spec))
 
-    budget = spec.batch.element_budget
-    batches: Iterable[SetBatch]
+    chunks: Iterable[SetBatch] = blocks()
     if shuffle and spec.shuffle.buffer_sets > 0:
-        batches = shuffle_batches(
-            blocks(), spec.shuffle.buffer_sets, budget, rng, bucket=spec.batch.bucket_by_size
-        )
-    elif spec.batch.bucket_by_size:
-        batches = bucket_batches(blocks(), budget, rng)
+        chunks = shuffle_sets(chunks, spec.shuffle.buffer_sets, rng)
+    budget = spec.batch.element_budget
+    if spec.batch.bucket_by_size:
+        batches = bucket_batches(chunks, budget, rng)
     else:
-        batches = budget_batches(blocks(), budget)
+        batches = budget_batches(chunks, budget)
     for batch in batches:
         stats.add(batch)
         yield batch

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from setpipe.data import BatchStats, SetBatch, budget_bounds, padding_fraction
-from setpipe.data.batching import bucket_batches, budget_batches, shuffle_batches
+from setpipe.data.batching import bucket_batches, budget_batches, shuffle_sets
 
 
 def greedy(sizes: list[int], budget: int) -> list[list[int]]:
@@ -27,7 +27,7 @@ def greedy(sizes: list[int], budget: int) -> list[list[int]]:
 
 
 def stream(sizes: list[int], pieces: int, seed: int = 0) -> list[SetBatch]:
-    """Sets whose first feature, context and element labels are their index, in chunks."""
+    """Sets whose first feature is their index, cut into ``pieces`` chunks."""
     rng = np.random.default_rng(seed)
     sets = [
         torch.cat([torch.full((n, 1), float(i)), torch.from_numpy(rng.normal(size=(n, 2)))], 1)
@@ -35,25 +35,10 @@ def stream(sizes: list[int], pieces: int, seed: int = 0) -> list[SetBatch]:
     ]
     cuts = np.linspace(0, len(sets), pieces + 1).astype(int)
     return [
-        SetBatch.from_sets(
-            sets[a:b],
-            context=torch.arange(a, b, dtype=torch.float64)[:, None],
-            targets=torch.arange(a, b),
-            element_targets=torch.cat([s[:, 0] for s in sets[a:b]]),
-        )
+        SetBatch.from_sets(sets[a:b], targets=torch.arange(a, b))
         for a, b in itertools.pairwise(cuts)
         if b > a
     ]
-
-
-def intact(b: SetBatch) -> bool:
-    """Every element, element label and context still belongs to its set's target."""
-    owner = b.targets[b.set_index()]  # type: ignore[index]
-    return (
-        torch.equal(b.values[:, 0].long(), owner)
-        and torch.equal(b.element_targets.long(), owner)  # type: ignore[union-attr]
-        and torch.equal(b.context[:, 0].long(), b.targets)  # type: ignore[index]
-    )
 
 
 def test_budget_bounds_pinned() -> None:
@@ -74,47 +59,26 @@ def test_budget_batches_follow_the_greedy_rule_across_chunks(seed: int) -> None:
     assert [b.targets.tolist() for b in batches] == expected  # type: ignore[union-attr]
     for b in batches:
         assert b.num_elements <= budget or b.num_sets == 1
-        assert intact(b)  # nothing shifted between sets
+        # Each set's elements still carry its own index: nothing shifted between sets.
+        assert torch.equal(b.values[:, 0].long(), b.targets[b.set_index()])  # type: ignore[index]
     assert [b.targets.tolist() for b in batches if b.num_elements > budget] == [[17]]  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("bucket", [False, True])
-def test_shuffle_buffer_is_a_seeded_permutation(bucket: bool) -> None:
+def test_shuffle_buffer_is_a_seeded_permutation() -> None:
     sizes = np.random.default_rng(1).integers(1, 9, 300).tolist()
-    budget = 40
-
-    def batches(seed: int) -> list[SetBatch]:
-        chunks = stream(sizes, pieces=12)
-        return list(shuffle_batches(chunks, 64, budget, np.random.default_rng(seed), bucket=bucket))
 
     def order(seed: int) -> list[int]:
-        return [int(t) for b in batches(seed) for t in b.targets]  # type: ignore[union-attr]
+        out = shuffle_sets(stream(sizes, pieces=12), 64, np.random.default_rng(seed))
+        return [int(t) for b in out for t in b.targets]  # type: ignore[union-attr]
 
     first = order(5)
     assert first == order(5)  # reproducible
     assert first != order(6)
     assert sorted(first) == list(range(300))  # every set once
     assert first != sorted(first)
-    out = batches(5)
-    for b in out:
-        assert intact(b)  # sets keep their elements, labels and context through the gather
-        assert b.num_elements <= budget or b.num_sets == 1
-    if not bucket:
-        # The greedy rule over the stream of leaving sets, across the buffer's rounds:
-        # the next batch's first set (whichever it was) did not fit.
-        for b, nxt in itertools.pairwise(out):
-            assert b.num_elements + int(nxt.sizes().max()) > budget
-
-
-def test_shuffle_buffer_larger_than_the_data_and_tiny_blocks() -> None:
-    sizes = [3, 1, 4, 1, 5, 9, 2, 6]
-    rng = np.random.default_rng(0)
-    one = list(shuffle_batches(stream(sizes, pieces=1), 1000, 100, rng))
-    assert len(one) == 1 and sorted(one[0].targets.tolist()) == list(range(8))  # type: ignore[union-attr]
-    assert intact(one[0])
-    many = list(shuffle_batches(stream(sizes, pieces=8), 2, 7, np.random.default_rng(1)))
-    assert sorted(int(t) for b in many for t in b.targets) == list(range(8))  # type: ignore[union-attr]
-    assert all(intact(b) for b in many)
+    # Sets keep their elements through the shuffle.
+    for b in shuffle_sets(stream(sizes, pieces=12), 64, np.random.default_rng(5)):
+        assert torch.equal(b.values[:, 0].long(), b.targets[b.set_index()])  # type: ignore[index]
 
 
 def test_bucketed_batches_hold_similar_sizes_and_pad_less() -> None:
