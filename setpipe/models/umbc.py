@@ -252,9 +252,9 @@ def segment_pool(
     per float). Instead each set's elements, sorted by set, are laid out in tiles of T
     (``tile_size``; the set's last tile zero-padded) as [tiles, H, T, K] and
     [tiles, H, T, d]; one batched matmul gives every tile's sums [tiles, H, K, d], and
-    only those are scattered to their sets. The layout is built with out-of-place
-    ``index_copy_`` into a fresh buffer (its backward is a gather), never a write into a
-    view, whose backward (CopySlices) clones the whole buffer. On jet-like batches this is
+    only those are scattered to their sets. The layout is written with ``index_copy_``
+    into a fresh buffer (its backward is a gather), never into a view of one, whose
+    backward (CopySlices) clones the whole buffer. On jet-like batches this is
     about 5x faster than blocks shared by several sets with one column group per set.
     """
     e, heads, k = a.shape
@@ -270,9 +270,6 @@ def segment_pool(
     distinct, counts = torch.unique_consecutive(set_index, return_counts=True)
     t = tile_size(e / distinct.numel())
     tiles = (counts + t - 1) // t
-    rank = torch.repeat_interleave(torch.arange(distinct.numel(), device=a.device), counts)
-    pos = torch.arange(e, device=a.device) - (torch.cumsum(counts, 0) - counts)[rank]
-    tile = (torch.cumsum(tiles, 0) - tiles)[rank] + pos // t
     nt = int(tiles.sum())
     if nt * t == e:  # no padding (e.g. a huge set in chunks of a multiple of T): a transpose
         grid_a = a.view(nt, t, heads, k).transpose(1, 2).reshape(nt * heads, t, k)
@@ -280,6 +277,9 @@ def segment_pool(
     else:
         # Row of (element i, head h) in the [tiles, H, T] grid. In-place into a fresh
         # buffer: the out-of-place index_copy would clone the zeros first.
+        rank = torch.repeat_interleave(torch.arange(distinct.numel(), device=a.device), counts)
+        pos = torch.arange(e, device=a.device) - (torch.cumsum(counts, 0) - counts)[rank]
+        tile = (torch.cumsum(tiles, 0) - tiles)[rank] + pos // t
         h = torch.arange(heads, device=a.device)
         rows = ((tile[:, None] * heads + h) * t + (pos % t)[:, None]).reshape(-1)
         grid_a = a.new_zeros(nt * heads * t, k).index_copy_(0, rows, a.reshape(e * heads, k))
