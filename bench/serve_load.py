@@ -1,14 +1,18 @@
 """Load test: setpipe's Ray Serve app vs `mlflow models serve` of the same registered version.
 
 Loopback only, fixed durations, stops by itself. For 50-element and 10k-element sets,
-16 concurrent clients post one set per request for DURATION seconds to each server in
-turn; requests/s and p50/p99 latency are measured client-side. Then one request with
+16 concurrent clients post one set per request for DURATION seconds to each server, the
+two servers alternating for ROUNDS rounds; requests/s and p50/p99 latency are measured
+client-side over the pooled rounds, by a lean keep-alive client (_http_load.py; httpx
+itself took ~6 ms of CPU per request, more than the servers). setpipe is served as
+`setpipe serve` serves it: HAProxy ingress unless --ingress proxy. Then one request with
 a 10⁶-element set goes to setpipe while the RSS of the replica (the pid GET /model
-reports) and of Serve's HTTP proxy is sampled every 10 ms from /proc; huge_set_rss_mb
+reports) and of the process HTTP enters through (HAProxy, or Serve's proxy actor with
+--ingress proxy) is sampled every 10 ms from /proc; huge_set_rss_mb
 is the sum of the two growths.
 
-    .venv/bin/python bench/serve_load.py [--quick] [--duration S]
-        [--model-uri URI --tracking-uri URI]
+    .venv/bin/python bench/serve_load.py [--quick] [--duration S] [--rounds R]
+        [--ingress haproxy|proxy] [--model-uri URI --tracking-uri URI]
 
 Without --model-uri it trains the quickstart model on generated jets in a temp dir
 first. Ends with one line:
@@ -19,7 +23,6 @@ RESULT rps_vs_mlflow=... p99_vs_mlflow=... huge_set_rss_mb=...
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _http_load import LoadStats, run_load
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = ["part_pt", "part_eta", "part_phi", "part_pid"]
@@ -80,39 +84,6 @@ def train_model(root: Path) -> tuple[str, str]:
     return summary.model_uri, f"sqlite:///{(root / 'work').resolve() / 'mlflow.db'}"
 
 
-async def load(url: str, bodies: list[bytes], clients: int, duration: float) -> dict:
-    """`clients` loops posting bodies round-robin for `duration` s; latency stats in ms."""
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + duration
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(limits=limits, timeout=120) as http:
-
-        async def client(k: int) -> None:
-            nonlocal errors
-            i = k
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                r = await http.post(url, content=bodies[i % len(bodies)], headers=headers)
-                if r.status_code != 200:
-                    errors += 1
-                latencies.append(time.perf_counter() - t0)
-                i += clients
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(k) for k in range(clients)))
-        wall = time.perf_counter() - t0
-    ms = np.asarray(latencies) * 1e3
-    return {
-        "requests": len(ms),
-        "errors": errors,
-        "rps": len(ms) / wall,
-        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
-        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
-    }
-
-
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -121,26 +92,29 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def proxy_pid() -> int:
-    """Serve's HTTP proxy of THIS run's Ray: a descendant of this process (the local raylet
-    is our child), so another Ray on the machine cannot be picked by mistake."""
+def ingress_pid(ingress: str) -> int:
+    """The process HTTP enters through in THIS run's Ray (HAProxy, or Serve's proxy actor):
+    a descendant of this process (the local raylet is our child), so another Ray on the
+    machine cannot be picked by mistake."""
     import psutil
 
     for proc in psutil.Process().children(recursive=True):
         try:
-            if "ProxyActor" in " ".join(proc.cmdline()):
+            if ingress == "haproxy" and proc.name() == "haproxy":
+                return proc.pid
+            if ingress == "proxy" and "ProxyActor" in " ".join(proc.cmdline()):
                 return proc.pid
         except psutil.Error:
             continue
-    raise SystemExit("no Serve ProxyActor process under this driver")
+    raise SystemExit(f"no {ingress} process under this driver")
 
 
-def huge_set_rss(url: str, n: int) -> tuple[float, float, float, int]:
-    """Post one n-element set; (RSS growth MB of the replica, of the proxy, seconds, status).
+def huge_set_rss(url: str, n: int, ingress: str) -> tuple[float, float, float, int]:
+    """Post one n-element set; (RSS growth MB of the replica, of the ingress, seconds, status).
 
     Growth = peak RSS sampled every 10 ms during the request minus RSS just before it.
     """
-    pids = {"replica": httpx.get(f"{url}/model").json()["pid"], "proxy": proxy_pid()}
+    pids = {"replica": httpx.get(f"{url}/model").json()["pid"], "ingress": ingress_pid(ingress)}
     body = json.dumps({"sets": [make_set(n, seed=99)]}).encode()
     print(f"huge set: {n} elements, {len(body) / 1e6:.1f} MB of JSON, pids {pids}")
     base = {k: rss_mb(pid) for k, pid in pids.items()}
@@ -161,7 +135,7 @@ def huge_set_rss(url: str, n: int) -> tuple[float, float, float, int]:
     done.set()
     sampler.join()
     growth = {k: peak[k] - base[k] for k in pids}
-    return growth["replica"], growth["proxy"], seconds, response.status_code
+    return growth["replica"], growth["ingress"], seconds, response.status_code
 
 
 def start_mlflow(model_uri: str, tracking_uri: str, port: int, log: Path) -> subprocess.Popen:
@@ -194,15 +168,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short phases, 10⁵-element huge set")
     parser.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per set size")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--model-uri", default=None, help="models:/NAME/VERSION (else trains)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument(
+        "--ingress", choices=("haproxy", "proxy"), default="haproxy", help="as setpipe serve"
+    )
     args = parser.parse_args()
-    duration = args.duration or (4.0 if args.quick else 20.0)
+    duration = args.duration or (3.0 if args.quick else 10.0)
+    rounds = 1 if args.quick else args.rounds
     huge_n = 100_000 if args.quick else 1_000_000
 
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from setpipe.serve.ingress import use_local_ingress
+
+    use_local_ingress(args.ingress, "127.0.0.1")  # what `setpipe serve` does before ray.init
     import ray
     from ray import serve
 
@@ -219,39 +201,46 @@ def main() -> int:
         model_uri, tracking_uri = train_model(tmp)
     name, version = resolve(model_uri, tracking_uri)
     pinned = f"models:/{name}/{version}"
-    print(f"model {pinned}; {args.clients} clients, {duration:.0f} s per phase")
+    print(
+        f"model {pinned}; ingress {args.ingress}; {args.clients} clients; "
+        f"{rounds} x {duration:.0f} s per server and set size"
+    )
 
     port, mlflow_port = free_port(), free_port()
     config = ServeConfig(name=name, tracking_uri=tracking_uri, replicas=args.replicas)
     setpipe_url = start(config, version, port=port)  # 127.0.0.1: loopback only
     wait_http(f"{setpipe_url}/ready")
     mlflow_proc = start_mlflow(pinned, tracking_uri, mlflow_port, tmp / "mlflow-serve.log")
-    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
-    results: dict[tuple[str, int], dict] = {}
+    results: dict[tuple[str, int], LoadStats] = {}
     try:
-        wait_http(f"{mlflow_url}/ping", mlflow_proc)
+        wait_http(f"http://127.0.0.1:{mlflow_port}/ping", mlflow_proc)
+        targets = {
+            "setpipe": (port, "/predict", "sets"),
+            "mlflow": (mlflow_port, "/invocations", "inputs"),
+        }
         for n in (50, 10_000):
             sets = [make_set(n, seed) for seed in range(8)]
-            targets = {
-                "setpipe": (f"{setpipe_url}/predict", "sets"),
-                "mlflow": (f"{mlflow_url}/invocations", "inputs"),
-            }
-            for server, (url, key) in targets.items():
-                bodies = [json.dumps({key: [s]}).encode() for s in sets]
-                asyncio.run(load(url, bodies, args.clients, 1.0))  # warm-up
-                stats = asyncio.run(load(url, bodies, args.clients, duration))
-                results[(server, n)] = stats
+            runs: dict[str, list[LoadStats]] = {server: [] for server in targets}
+            for _ in range(rounds):  # alternate: both servers see the machine's drift alike
+                for server, (server_port, path, key) in targets.items():
+                    bodies = [json.dumps({key: [s]}).encode() for s in sets]
+                    run_load("127.0.0.1", server_port, path, bodies, args.clients, 1.0)  # warm-up
+                    runs[server].append(
+                        run_load("127.0.0.1", server_port, path, bodies, args.clients, duration)
+                    )
+            for server, server_runs in runs.items():
+                stats = results[(server, n)] = LoadStats.pooled(server_runs)
                 print(
-                    f"{server:8s} {n:6d} elements: {stats['rps']:8.1f} req/s  "
-                    f"p50 {stats['p50_ms']:8.1f} ms  p99 {stats['p99_ms']:8.1f} ms  "
-                    f"errors {stats['errors']}/{stats['requests']}",
+                    f"{server:8s} {n:6d} elements: {stats.rps:8.1f} req/s  "
+                    f"p50 {stats.p50_ms:8.1f} ms  p99 {stats.p99_ms:8.1f} ms  "
+                    f"errors {stats.errors}/{stats.requests} {stats.first_error[:200]}",
                     flush=True,
                 )
-        replica_mb, proxy_mb, seconds, status = huge_set_rss(setpipe_url, huge_n)
-        growth = replica_mb + proxy_mb  # the server is both processes
+        replica_mb, ingress_mb, seconds, status = huge_set_rss(setpipe_url, huge_n, args.ingress)
+        growth = replica_mb + ingress_mb  # the server is both processes
         print(
             f"huge set answered with {status} in {seconds:.1f} s; RSS +{replica_mb:.0f} MB "
-            f"replica, +{proxy_mb:.0f} MB proxy"
+            f"replica, +{ingress_mb:.0f} MB {args.ingress}"
         )
     finally:
         mlflow_proc.terminate()
@@ -261,19 +250,16 @@ def main() -> int:
             mlflow_proc.kill()
         serve.shutdown()
         ray.shutdown()
-    rps = {n: results[("setpipe", n)]["rps"] / results[("mlflow", n)]["rps"] for n in (50, 10_000)}
-    p99 = {
-        n: results[("setpipe", n)]["p99_ms"] / results[("mlflow", n)]["p99_ms"]
-        for n in (50, 10_000)
-    }
-    errors = sum(r["errors"] for r in results.values())
+    rps = {n: results[("setpipe", n)].rps / results[("mlflow", n)].rps for n in (50, 10_000)}
+    p99 = {n: results[("setpipe", n)].p99_ms / results[("mlflow", n)].p99_ms for n in (50, 10_000)}
+    errors = sum(r.errors for r in results.values())
     print(
         f"RESULT rps_vs_mlflow={min(rps.values()):.2f} p99_vs_mlflow={max(p99.values()):.2f} "
         f"huge_set_rss_mb={growth:.0f} huge_set_replica_mb={replica_mb:.0f} "
-        f"huge_set_proxy_mb={proxy_mb:.0f} rps_vs_mlflow_50={rps[50]:.2f} "
+        f"huge_set_ingress_mb={ingress_mb:.0f} rps_vs_mlflow_50={rps[50]:.2f} "
         f"rps_vs_mlflow_10k={rps[10_000]:.2f} p99_vs_mlflow_50={p99[50]:.2f} "
         f"p99_vs_mlflow_10k={p99[10_000]:.2f} huge_set_elements={huge_n} "
-        f"huge_set_status={status} errors={errors}"
+        f"huge_set_status={status} errors={errors} ingress={args.ingress}"
     )
     return 0
 
