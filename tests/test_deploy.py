@@ -119,6 +119,18 @@ def test_raycluster_has_gpu_workers_and_token_auth() -> None:
     assert "auth_token" in secret["stringData"]
     cluster = _kind(path, "RayCluster")
     _check_cluster_spec(cluster["spec"], secret["metadata"]["name"])
+    # Serve's HAProxy ingress, as `setpipe serve` sets it up for a local Ray.
+    from setpipe.serve.ingress import local_ray_environment
+
+    local = local_ray_environment("haproxy", "0.0.0.0")
+    for group in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]:
+        env = _env(group["template"]["spec"]["containers"][0])
+        for key in (
+            "RAY_SERVE_ENABLE_HA_PROXY",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED",
+            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE",
+        ):
+            assert env[key]["value"] == local[key], key
     # Every volume claim the pods mount is defined beside them.
     claims = {d["metadata"]["name"] for d in _docs(path) if d["kind"] == "PersistentVolumeClaim"}
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]

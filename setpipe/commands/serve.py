@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 from setpipe.commands._model_args import add_model_arguments, positive_int, tracking_uri
@@ -26,6 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)",
     )
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    parser.add_argument(
+        "--ingress",
+        choices=("haproxy", "proxy"),  # = serve.ingress.INGRESSES
+        default=None,
+        help="how HTTP reaches the replicas of the local Ray this starts: haproxy (default; "
+        "Ray Serve's HAProxy ingress straight to the replicas) or proxy (Serve's Python "
+        "proxy actor). A cluster (--address) uses what its nodes were started with",
+    )
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=positive_int, default=1, help="replicas (default 1)")
     scale.add_argument(
@@ -52,14 +61,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a container stop, kill) shuts down like Ctrl-C
+
+
 def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
     from setpipe.serve.app import ServeConfig, start
+    from setpipe.serve.ingress import DEFAULT_INGRESS, use_local_ingress
     from setpipe.serve.schema import Limits
     from setpipe.tracking.registry import parse_registry_uri, resolve
 
+    if args.address is not None and args.ingress is not None:
+        raise ServeError(
+            f"--ingress {args.ingress} with --address: a cluster's ingress is set where its "
+            "nodes start (RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
+            "for haproxy, as deploy/kuberay/raycluster.yaml does); drop --ingress"
+        )
     uri = tracking_uri(args)
     name, version = resolve(args.model_uri, uri)
     limits = {
@@ -81,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         autoscale=args.autoscale,
         poll_s=args.poll_seconds,
     )
+    if args.address is None:
+        use_local_ingress(args.ingress or DEFAULT_INGRESS, args.host)
     # A new local Ray turns token auth on by itself; a cluster keeps its own setting.
     ray.init(address=args.address, log_to_driver=False)
     try:
@@ -91,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             "(POST /predict, GET /health /ready /model); Ctrl-C stops",
             flush=True,
         )
+        signal.signal(signal.SIGTERM, _interrupt)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -20,7 +20,12 @@ from serve_helpers import (
     free_port,
 )
 
+from setpipe.serve.ingress import use_local_ingress
 from setpipe.spec import load_job
+
+# Before the session's Ray starts (tests/conftest.py::ray_local): serve as `setpipe serve`
+# does by default, through Ray Serve's HAProxy ingress on loopback.
+use_local_ingress("haproxy", "127.0.0.1")
 
 
 @pytest.fixture(scope="session")
