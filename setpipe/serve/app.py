@@ -36,6 +36,7 @@ from ray import serve
 
 from setpipe.errors import ServeError
 from setpipe.serve._batcher import ElementBatcher
+from setpipe.serve._json import ORJSON_MAX_BYTES
 from setpipe.serve.schema import (
     BadRequest,
     ErrorResponse,
@@ -211,18 +212,18 @@ class SetModelServer:
             return _error(503, "no model loaded yet")
         limits = self._config.limits
         try:
-            body = await _read_body(request, limits.max_body_bytes)
+            body: bytearray | str = await _read_body(request, limits.max_body_bytes)
             # Validated against the job of the version loaded now; versions of one
             # registered model share the job's input layout.
-            large = len(body) > _INLINE_PARSE_BYTES
-            # The bytes go before parsing: a 30 MB body is not held twice (bytes + text).
-            text = await asyncio.to_thread(decode_body, body) if large else decode_body(body)
-            del body
-            if large:
-                parsed = await asyncio.to_thread(parse_request, text, loaded.job, limits)
+            if len(body) > ORJSON_MAX_BYTES:
+                # Huge: to text, and the bytes go before parsing, so that a 30 MB body is
+                # not held twice (bytes + text) while numpy arrays are filled.
+                body = await asyncio.to_thread(decode_body, body)
+            if len(body) > _INLINE_PARSE_BYTES:
+                parsed = await asyncio.to_thread(parse_request, body, loaded.job, limits)
             else:
-                parsed = parse_request(text, loaded.job, limits)
-            del text
+                parsed = parse_request(body, loaded.job, limits)
+            del body
         except BadRequest as err:
             return _error(err.status, str(err))
         if self._batcher is None:

@@ -6,8 +6,9 @@ feature name (the registered pyfunc's ``SetInput``, one definition)::
     {"sets": [{"features": {"part_pt": [...], "part_eta": [...], ...},
                "context": {"jet_pt": 512.0}}]}
 
-Validation is done here, by hand, on numpy arrays (``_json.loads_numeric``), not by
-pydantic on Python floats: a 10⁶-element set must not cost 130 MB of float objects.
+Validation is done here, by hand, on what ``_json.loads_request`` decodes (orjson lists
+for ordinary bodies, numpy arrays for huge ones), not by pydantic: pydantic on a
+10⁶-element set's 4·10⁶ floats would cost 130 MB of objects and seconds.
 Every error names the set index and field the way the user wrote it, e.g.
 ``sets[3].features.part_eta: expected 12 values like part_pt, found 11``.
 """
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from setpipe.data.batch import SetBatch
 from setpipe.errors import ServeError
-from setpipe.serve._json import loads_numeric
+from setpipe.serve._json import loads_request
 from setpipe.spec.models import JobSpec
 from setpipe.tracking.pyfunc import SetInput
 
@@ -133,13 +134,20 @@ def _non_finite(value: float) -> str:
     return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
+_NUMBER_TYPES = {int, float}
+
+
 def _as_values(where: str, value: Any) -> np.ndarray:
     """A feature list as float64 numbers, or a 422 naming the first bad entry."""
     if isinstance(value, list):
-        # Only lists the fast path refused land here: find the entry that is not a number.
-        for i, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, int | float):
-                raise BadRequest(422, f"{where}[{i}]: expected a number, found {_describe(item)}")
+        # From orjson, or a list the numeric decoder refused. type() and not isinstance:
+        # True is an int to isinstance, and numpy would turn "1.5" into 1.5.
+        if not set(map(type, value)) <= _NUMBER_TYPES:
+            for i, item in enumerate(value):
+                if isinstance(item, bool) or not isinstance(item, int | float):
+                    raise BadRequest(
+                        422, f"{where}[{i}]: expected a number, found {_describe(item)}"
+                    )
         value = np.asarray(value, dtype=np.float64)
     if not isinstance(value, np.ndarray) or value.ndim != 1:
         raise BadRequest(422, f"{where}: expected a list of numbers, found {_describe(value)}")
@@ -271,11 +279,13 @@ def decode_body(body: bytes | bytearray) -> str:
 def parse_request(body: bytes | bytearray | str, job: JobSpec, limits: Limits) -> ParsedRequest:
     """Decode and validate a ``POST /predict`` body (already read under the byte cap).
 
-    The server passes text from ``decode_body`` (so it can drop the bytes first).
+    The server passes a body over ``_json.ORJSON_MAX_BYTES`` as text from ``decode_body``,
+    so that it can drop the bytes first; smaller ones as they came.
     """
-    text = body if isinstance(body, str) else decode_body(body)
     try:
-        doc = loads_numeric(text)
+        doc = loads_request(body)
+    except UnicodeDecodeError as err:
+        raise BadRequest(422, f"body: not valid JSON ({err})") from None
     except json.JSONDecodeError as err:
         raise BadRequest(422, f"body: not valid JSON ({err})") from None
     if not isinstance(doc, dict):
