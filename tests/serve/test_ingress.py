@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 import psutil
@@ -13,6 +14,13 @@ from serve_helpers import REPO, Server
 
 from setpipe.errors import ServeError
 from setpipe.serve.ingress import bind_wildcards_to, is_loopback, local_ray_environment
+
+GOOD = {  # one small valid set
+    "part_pt": [10.0, 5.0, 2.0],
+    "part_eta": [0.1, -0.2, 0.0],
+    "part_phi": [0.3, 0.1, -0.1],
+    "part_pid": [211, 22, -211],
+}
 
 
 def listeners(proc: psutil.Process) -> set[tuple[str, int]]:
@@ -119,3 +127,41 @@ def test_cli_refuses_ingress_for_a_cluster() -> None:
     assert "--ingress proxy with --address: a cluster's ingress is set where its nodes" in (
         result.stderr
     )
+
+
+def test_two_replicas_behind_haproxy_share_the_requests(server: Server) -> None:
+    """A second app with two replicas (``--replicas 2``) under its own route: HAProxy
+    spreads requests over both, and both answer alike with the pinned version."""
+    from ray import serve
+
+    from setpipe.serve.app import ServeConfig, build_app
+
+    registered = server.registered
+    config = ServeConfig(
+        name=registered.name,
+        tracking_uri=registered.tracking_uri,
+        replicas=2,
+        num_cpus=0.25,
+    )
+    serve.run(build_app(config, registered.version), name="setpipe-two", route_prefix="/two")
+    try:
+        base = f"{server.url}/two"
+        pids: set[int] = set()
+        deadline = time.monotonic() + 90
+        # HAProxy learns the new app's replicas on its next reload; until then the
+        # fallback proxy answers. (GETs only: interleaved with POSTs, leastconn alternates
+        # and every GET can land on one replica.)
+        while len(pids) < 2:
+            assert time.monotonic() < deadline, f"only replica {pids} answered"
+            pids.add(httpx.get(f"{base}/model", timeout=30).json()["pid"])
+        sets = {"sets": [{"features": GOOD, "context": {"jet_pt": 400.0}}]}
+        answers = [httpx.post(f"{base}/predict", json=sets, timeout=30) for _ in range(6)]
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        for answer in answers:
+            assert answer.json() == answers[0].json()
+        assert answers[0].json()["model"] == {
+            "name": registered.name,
+            "version": registered.version,
+        }
+    finally:
+        serve.delete("setpipe-two")
