@@ -81,5 +81,5 @@ def loads_request(body: bytes | bytearray | str) -> Any:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass  # NaN/Infinity, a huge number or a malformed body: the decoder below says what
-    text = body if isinstance(body, str) else bytes(body).decode("utf-8")
+    text = body if isinstance(body, str) else body.decode("utf-8")
     return loads_numeric(text)

@@ -60,7 +60,7 @@ def is_loopback(host: str) -> bool:
 
 def _free_port(host: str) -> int:
     with socket.socket() as sock:
-        sock.bind((host if is_loopback(host) else "", 0))
+        sock.bind(("127.0.0.1" if is_loopback(host) else "", 0))
         return sock.getsockname()[1]
 
 
@@ -112,11 +112,6 @@ def use_local_ingress(ingress: str, host: str) -> None:
             os.environ[key] = value
         else:
             os.environ.setdefault(key, value)
-
-
-def active_ingress() -> str:
-    """The ingress the environment asks for (what a Ray started from it would use)."""
-    return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"
 
 
 def bind_wildcards_to(config: str, host: str) -> str:

@@ -284,9 +284,7 @@ def parse_request(body: bytes | bytearray | str, job: JobSpec, limits: Limits) -
     """
     try:
         doc = loads_request(body)
-    except UnicodeDecodeError as err:
-        raise BadRequest(422, f"body: not valid JSON ({err})") from None
-    except json.JSONDecodeError as err:
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadRequest(422, f"body: not valid JSON ({err})") from None
     if not isinstance(doc, dict):
         raise BadRequest(422, f'body: expected an object {{"sets": [...]}}, found {_describe(doc)}')
