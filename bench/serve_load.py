@@ -37,6 +37,8 @@ import httpx
 import numpy as np
 from _http_load import LoadStats, run_load
 
+from setpipe.serve.ingress import DEFAULT_INGRESS, INGRESSES, use_local_ingress
+
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = ["part_pt", "part_eta", "part_phi", "part_pid"]
 
@@ -175,7 +177,7 @@ def main() -> int:
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument(
-        "--ingress", choices=("haproxy", "proxy"), default="haproxy", help="as setpipe serve"
+        "--ingress", choices=INGRESSES, default=DEFAULT_INGRESS, help="as setpipe serve"
     )
     args = parser.parse_args()
     duration = args.duration or (2.0 if args.quick else 10.0)
@@ -184,7 +186,6 @@ def main() -> int:
     huge_n = 100_000 if args.quick else 1_000_000
 
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    from setpipe.serve.ingress import use_local_ingress
 
     use_local_ingress(args.ingress, "127.0.0.1")  # what `setpipe serve` does before ray.init
     import ray

@@ -8,6 +8,7 @@ import time
 
 from setpipe.commands._model_args import add_model_arguments, positive_int, tracking_uri
 from setpipe.errors import ServeError
+from setpipe.serve.ingress import DEFAULT_INGRESS, INGRESSES, use_local_ingress
 
 HELP = "Serve a registered model over HTTP (Ray Serve), following its alias as it moves."
 
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument(
         "--ingress",
-        choices=("haproxy", "proxy"),  # = serve.ingress.INGRESSES
+        choices=INGRESSES,
         default=None,
         help="how HTTP reaches the replicas of the local Ray this starts: haproxy (default; "
         "Ray Serve's HAProxy ingress straight to the replicas) or proxy (Serve's Python "
@@ -70,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from setpipe.serve.app import ServeConfig, start
-    from setpipe.serve.ingress import DEFAULT_INGRESS, use_local_ingress
     from setpipe.serve.schema import Limits
     from setpipe.tracking.registry import parse_registry_uri, resolve
 

@@ -268,12 +268,17 @@ def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
     )
 
 
+def _not_json(err: ValueError) -> BadRequest:
+    """The 422 for a body that is not JSON: not UTF-8, or malformed (where and why)."""
+    return BadRequest(422, f"body: not valid JSON ({err})")
+
+
 def decode_body(body: bytes | bytearray) -> str:
     """The body as text; 422 when it is not UTF-8 (the message a JSON error would give)."""
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise BadRequest(422, f"body: not valid JSON ({err})") from None
+        raise _not_json(err) from None
 
 
 def parse_request(body: bytes | bytearray | str, job: JobSpec, limits: Limits) -> ParsedRequest:
@@ -285,7 +290,7 @@ def parse_request(body: bytes | bytearray | str, job: JobSpec, limits: Limits) -
     try:
         doc = loads_request(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadRequest(422, f"body: not valid JSON ({err})") from None
+        raise _not_json(err) from None
     if not isinstance(doc, dict):
         raise BadRequest(422, f'body: expected an object {{"sets": [...]}}, found {_describe(doc)}')
     unknown = [k for k in doc if k != "sets"]
