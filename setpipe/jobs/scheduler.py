@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from setpipe.errors import JobError, SetpipeError
-from setpipe.jobs.fingerprint import fingerprint
+from setpipe.data.fingerprint import fingerprint
+from setpipe.errors import DataError, JobError, SetpipeError
 from setpipe.jobs.state import State
 from setpipe.jobs.submit import DuplicateSubmission, JobsClient, submission_id_for
 from setpipe.spec.loading import load_job
@@ -243,7 +243,7 @@ class Scheduler:
             return Event(job.name, "already_submitted", when, sid, "recorded before")
         try:
             data = fingerprint(job.data)
-        except JobError as err:
+        except DataError as err:
             if schedule.on_new_data:
                 return Event(job.name, "skipped", when, sid, str(err))
             data = None  # without on_new_data a missing listing is the run's problem

@@ -3,14 +3,13 @@
 A split's digest is sha256 over the sorted ``(path, size, mtime_ns)`` of its files:
 listing only, no file is read, so it costs the same for 1 KB and 1 TB. It changes when a
 file is added, removed, rewritten or touched. The listing and the line format are the
-scheduler's (``setpipe.jobs.fingerprint``), and ``data.fingerprint`` is the exact figure
+scheduler's (``setpipe.data.fingerprint``), and ``data.fingerprint`` is the exact figure
 ``schedule.on_new_data`` compares, so a run page answers "which data did this train on".
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,8 +19,8 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.types import ColSpec, Schema
 
+from setpipe.data.fingerprint import FileStamp, digest, fingerprint, list_files
 from setpipe.errors import SetpipeError
-from setpipe.jobs.fingerprint import FileStamp, fingerprint, list_files
 from setpipe.spec.models import DataSpec
 
 Split = Literal["train", "validation", "test"]
@@ -43,10 +42,7 @@ class SplitFiles:
     @property
     def digest(self) -> str:
         """sha256 hex over the sorted (path, size, mtime_ns), as ``fingerprint`` computes it."""
-        h = hashlib.sha256()
-        for f in self.files:
-            h.update(f"{f.path}\t{f.size}\t{f.mtime_ns}\n".encode())
-        return h.hexdigest()
+        return digest(self.files)
 
 
 def _as_list(source: str | list[str] | None) -> list[str]:
@@ -66,8 +62,7 @@ def split_files(data: DataSpec) -> list[SplitFiles]:
         sources = _as_list(source)
         if not sources:
             continue
-        stats = {f.path: f for s in sources for f in list_files(s)}
-        files = sorted(stats.values(), key=lambda f: f.path)
+        files = sorted(set(list_files(sources)), key=lambda f: f.path)
         out.append(SplitFiles(split, sources, files))  # type: ignore[arg-type]
     return out
 
