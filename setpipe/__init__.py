@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("setpipe")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
-
+from setpipe._version import __version__
 from setpipe.errors import SetpipeError
 from setpipe.spec import JobSpec, dump_job, load_job
 

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
-import setpipe
 from setpipe.errors import JobError
 from setpipe.spec.loading import dump_job
 from setpipe.spec.models import JobSpec
@@ -127,7 +126,7 @@ def runtime_env_for(job: JobSpec, working_dir: Path) -> dict[str, Any]:
             "files by absolute or s3:// paths"
         )
     env["working_dir"] = str(working_dir)
-    package = str(Path(setpipe.__file__).resolve().parent)
+    package = str(Path(__file__).resolve().parents[1])  # the setpipe package directory
     env["py_modules"] = [package, *env.get("py_modules", [])]
     return env
 

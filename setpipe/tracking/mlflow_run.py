@@ -27,7 +27,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-import setpipe
+from setpipe._version import __version__
 from setpipe.data.batch import SetBatch
 from setpipe.errors import RegistryError
 from setpipe.spec import dump_job
@@ -187,7 +187,7 @@ def open_run(job: JobSpec, run_id: str | None = None) -> str:
     experiment_id = _experiment_id(client, job, tracking_uri)
     splits = lineage.split_files(job.data)
     tags = {
-        "setpipe.version": setpipe.__version__,
+        "setpipe.version": __version__,
         "setpipe.job": job.name,
         "setpipe.task": job.model.task,
         "setpipe.attempts": "1",

@@ -47,7 +47,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
-import setpipe
 from setpipe.data.batch import SetBatch
 from setpipe.errors import ModelError
 from setpipe.spec import dump_job, job_from_dict
@@ -235,7 +234,7 @@ def log_pyfunc(
                     model_id=logged.model_id,
                     python_model=str(MODEL_CODE),
                     artifacts={key: str(path) for key, path in files.items()},
-                    code_paths=[str(Path(setpipe.__file__).parent)],
+                    code_paths=[str(Path(__file__).resolve().parents[1])],  # the setpipe package
                     pip_requirements=pip_requirements(),
                     input_example=input_example,
                 )
