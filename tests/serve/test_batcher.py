@@ -29,9 +29,11 @@ def test_batches_close_at_the_budget_and_an_oversized_request_runs_alone() -> No
     """Budget 512. The first request runs at once while the rest queue behind it, so the
     queued ones form the batches: 300+200 fit; 600 is over the budget and goes alone; 50."""
     ran: list[list[int]] = []  # per model call: the set sizes it ran
+    running = threading.Event()  # the model thread is inside its first call
     release = threading.Event()
 
     def run(batch: SetBatch) -> tuple[str, list[dict]]:
+        running.set()
         release.wait(timeout=30)  # holds the first call so the others queue up
         ran.append(batch.sizes().tolist())
         # One output per set: its first value, so each caller can check it got its own.
@@ -42,13 +44,16 @@ def test_batches_close_at_the_budget_and_an_oversized_request_runs_alone() -> No
         batcher = ElementBatcher(run, budget=512)
         try:
             first = asyncio.ensure_future(batcher.submit(request([100], 0.0)))
-            await asyncio.sleep(0.05)  # the loop has taken it and is blocked in run
+            # Wait (without blocking the event loop) until the model thread holds it.
+            assert await asyncio.to_thread(running.wait, 30)
             rest = [
                 asyncio.ensure_future(batcher.submit(request(sizes, start)))
                 for sizes, start in (([300], 1000.0), ([150, 50], 2000.0), ([600], 3000.0))
             ]
             rest.append(asyncio.ensure_future(batcher.submit(request([50], 4000.0))))
-            await asyncio.sleep(0.05)
+            # One turn of the event loop runs every ready task's first step, and submit()
+            # enqueues in its first step: after this, all four are queued, in order.
+            await asyncio.sleep(0)
             release.set()
             return await asyncio.gather(first, *rest)
         finally:
