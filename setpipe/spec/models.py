@@ -11,7 +11,18 @@ import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from setpipe.spec._fields import suggest
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -385,6 +396,22 @@ EncoderSpec = Annotated[
 ]
 
 
+Task = Literal["classify", "regress", "rank"]
+
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classify": ("loss", "accuracy", "auc"),
+    "regress": ("loss", "rmse"),
+    "rank": ("loss", "ndcg", "mrr"),
+}
+"""What each task's evaluation reports per split, as ``<split>_<name>`` (val_auc, test_rmse):
+the metrics code computes exactly these, and a monitored metric must be one of them."""
+
+
+def validation_metrics(task: str) -> tuple[str, ...]:
+    """The names a gate or early stopping may watch for ``task``: val_loss, val_auc, ..."""
+    return tuple(f"val_{name}" for name in TASK_METRICS[task])
+
+
 class HeadSpec(StrictModel):
     hidden: list[PositiveInt] = Field(default=[64], description="Hidden widths of the task head.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout in the head.")
@@ -393,7 +420,7 @@ class HeadSpec(StrictModel):
 class ModelSpec(StrictModel):
     encoder: EncoderSpec
     head: HeadSpec = Field(default_factory=HeadSpec, description="The task head.")
-    task: Literal["classify", "regress", "rank"] = Field(
+    task: Task = Field(
         description="classify (set label, num_classes), regress (set value), or rank elements."
     )
     num_classes: int | None = Field(default=None, ge=2, description="Classes, for classify.")
@@ -612,6 +639,27 @@ class JobSpec(StrictModel):
             raise ValueError("train.resources_per_worker asks for GPU but train.use_gpu is false")
         return self
 
+    @model_validator(mode="after")
+    def _metrics_reported_by_task(self) -> JobSpec:
+        # Checked here, not when training picks the metric: a typo must fail `setpipe
+        # validate`, not a run after a data pass with an MLflow run already open.
+        stop = self.train.early_stopping
+        watched = [
+            (("train", "early_stopping", "metric"), stop.metric if stop else None),
+            (("tracking", "metric"), self.tracking.metric),
+        ]
+        known = validation_metrics(self.model.task)
+        errors = [
+            _not_reported(where, metric, self.model.task, known)
+            for where, metric in watched
+            if metric is not None and metric not in known
+        ]
+        if errors:
+            # A ValidationError raised here keeps each error's own location (the metric
+            # field, so the message names its line), where a ValueError would name the job.
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
@@ -625,3 +673,19 @@ class JobSpec(StrictModel):
         """(metric, direction) the registry gate compares."""
         metric, direction = TASK_DEFAULT_METRIC[self.model.task]
         return self.tracking.metric or metric, self.tracking.direction or direction  # type: ignore[return-value]
+
+
+def _not_reported(
+    where: tuple[str, ...], metric: str, task: str, known: tuple[str, ...]
+) -> InitErrorDetails:
+    # Matched without the split prefix, which every name shares: "train_loss" -> val_loss,
+    # while "val_auc" for a rank task finds no near name instead of the nearest "val_*".
+    bare = metric.split("_", 1)[1] if metric.startswith(("val_", "train_", "test_")) else metric
+    near = suggest(bare, list(TASK_METRICS[task]))
+    hint = f'; did you mean "val_{near}"?' if near else ""
+    reason = f"expected one of {', '.join(known)} (the validation metrics of task {task}){hint}"
+    return InitErrorDetails(
+        type=PydanticCustomError("value_error", "{error}", {"error": reason}),
+        loc=where,
+        input=metric,
+    )

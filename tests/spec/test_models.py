@@ -167,3 +167,28 @@ def test_umbc_defaults_take_a_set_transformer_slot_head() -> None:
     assert spec.model.encoder.kind == "umbc"
     assert spec.model.encoder.slot_head.kind == "set_transformer"  # type: ignore[union-attr]
     assert (spec.model.encoder.slots, spec.model.encoder.dim) == (32, 128)  # type: ignore[union-attr]
+
+
+def test_monitored_metrics_are_the_task_s_validation_metrics() -> None:
+    rank: dict[str, Any] = {
+        "model__task": "rank",
+        "model__num_classes": None,
+        "data__label": None,
+        "data__element_label": "rel",
+    }
+    assert problem(**rank, tracking={"metric": "val_auc"}) == (
+        't.yaml: tracking.metric: got "val_auc"; expected one of val_loss, val_ndcg, val_mrr '
+        "(the validation metrics of task rank)"
+    )
+    # A training metric is not a validation metric, whatever the task.
+    assert problem(train={"early_stopping": {"metric": "train_loss"}}) == (
+        't.yaml: train.early_stopping.metric: got "train_loss"; expected one of val_loss, '
+        "val_accuracy, val_auc (the validation metrics of task classify); did you mean "
+        '"val_loss"?'
+    )
+    regress = job(model__task="regress", model__num_classes=None, tracking={"metric": "val_loss"})
+    assert regress.promotion == ("val_loss", "minimize")
+    for name in ("val_loss", "val_ndcg", "val_mrr"):
+        spec = job(**rank, train={"early_stopping": {"metric": name}}, tracking={"metric": name})
+        assert spec.train.early_stopping is not None
+        assert (spec.train.early_stopping.metric, spec.promotion[0]) == (name, name)
