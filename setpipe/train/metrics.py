@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Literal
 
 import numpy as np
 import torch
 
+from setpipe.spec.models import TASK_METRICS, Task
+
 NDCG_K = 10
 """k of ``<split>_ndcg`` (nDCG@10): the first page of a re-ranked list."""
-
-Task = Literal["classify", "regress", "rank"]
 
 
 def accuracy(probabilities: np.ndarray, targets: np.ndarray) -> float:
@@ -168,17 +167,19 @@ class Evaluation:
         return np.concatenate(self.parts), np.concatenate(self.targets)
 
     def compute(self, prefix: str) -> dict[str, float]:
-        metrics = {f"{prefix}_loss": self.loss_sum / self.sets if self.sets else math.nan}
-        if not self.parts:
-            return metrics
-        parts = np.concatenate(self.parts)
+        """``<prefix>_<name>`` for each name of the task in ``TASK_METRICS`` (loss alone when
+        the split held no sets)."""
+        values = {"loss": self.loss_sum / self.sets if self.sets else math.nan}
+        if self.parts:
+            values |= self._scores(np.concatenate(self.parts))
+        return {
+            f"{prefix}_{name}": values[name] for name in TASK_METRICS[self.task] if name in values
+        }
+
+    def _scores(self, parts: np.ndarray) -> dict[str, float]:
         if self.task == "classify":
             targets = np.concatenate(self.targets)
-            metrics[f"{prefix}_accuracy"] = accuracy(parts, targets)
-            metrics[f"{prefix}_auc"] = roc_auc(parts, targets)
-        elif self.task == "regress":
-            metrics[f"{prefix}_rmse"] = rmse(parts, np.concatenate(self.targets))
-        else:
-            metrics[f"{prefix}_ndcg"] = float(parts[:, 0].mean())
-            metrics[f"{prefix}_mrr"] = float(parts[:, 1].mean())
-        return metrics
+            return {"accuracy": accuracy(parts, targets), "auc": roc_auc(parts, targets)}
+        if self.task == "regress":
+            return {"rmse": rmse(parts, np.concatenate(self.targets))}
+        return {"ndcg": float(parts[:, 0].mean()), "mrr": float(parts[:, 1].mean())}

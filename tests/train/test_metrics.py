@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import ndcg_score, roc_auc_score
 
 from setpipe.data.batch import SetBatch
+from setpipe.spec.models import TASK_METRICS
 from setpipe.train.metrics import Evaluation, accuracy, mrr, ndcg_at_k, rmse, roc_auc
 
 Y = np.array([0, 1, 1, 0, 1, 0, 1, 1])
@@ -71,3 +72,31 @@ def test_evaluation_names_and_values_for_classify() -> None:
     assert metrics["val_accuracy"] == pytest.approx(1 / 3, abs=1e-15)
     # class-1 probabilities 0.731 (y=1), 0.119 (y=1), 0.622 (y=0): one of two pairs ordered
     assert metrics["val_auc"] == 0.5
+
+
+def test_evaluation_reports_the_task_table_s_names() -> None:
+    """Evaluation.compute reports exactly TASK_METRICS, the names the job validator allows."""
+    sets = [torch.zeros(2, 1), torch.zeros(3, 1)]
+    batches = {
+        "classify": SetBatch.from_sets(sets, targets=torch.tensor([1, 0])),
+        "regress": SetBatch.from_sets(sets, targets=torch.tensor([0.5, 2.0])),
+        "rank": SetBatch.from_sets(sets, element_targets=torch.tensor([0.0, 1, 0, 0, 0])),
+    }
+    outputs = {
+        "classify": torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+        "regress": torch.tensor([[1.0], [1.0]]),
+        "rank": torch.tensor([0.9, 0.1, 0.3, 0.2, 0.1]),
+    }
+    assert sorted(TASK_METRICS) == sorted(batches)
+    for task, batch in batches.items():
+        evaluation = Evaluation(task)
+        evaluation.add(outputs[task], batch, loss=0.25)
+        metrics = evaluation.compute("test")
+        assert list(metrics) == [f"test_{name}" for name in TASK_METRICS[task]], task
+        assert metrics["test_loss"] == 0.25
+        assert all(math.isfinite(v) for v in metrics.values()), (task, metrics)
+    # Rank: set 1's relevant element ranks 2nd (nDCG 1/log2(3), RR 1/2); set 2 has none (0, 0).
+    assert metrics["test_ndcg"] == pytest.approx(0.5 / math.log2(3), abs=1e-15)
+    assert metrics["test_mrr"] == 0.25
+    empty = Evaluation("regress").compute("val")
+    assert list(empty) == ["val_loss"] and math.isnan(empty["val_loss"])
