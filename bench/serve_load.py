@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,16 +36,11 @@ import httpx
 import numpy as np
 from _http_load import LoadStats, run_load
 
+from setpipe._net import free_port
 from setpipe.serve.ingress import DEFAULT_INGRESS, INGRESSES, use_local_ingress
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = ["part_pt", "part_eta", "part_phi", "part_pid"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_set(n: int, seed: int) -> dict:

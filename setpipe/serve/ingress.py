@@ -30,15 +30,14 @@ What a local server adds on top of Ray's defaults:
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import os
 import re
 import shutil
-import socket
 import sys
 from pathlib import Path
 
+from setpipe._net import free_port, is_loopback
 from setpipe.errors import ServeError
 
 INGRESSES = ("haproxy", "proxy")
@@ -47,21 +46,6 @@ DEFAULT_INGRESS = "haproxy"
 _LOOPBACK_BIND_ENV = "SETPIPE_HAPROXY_BIND"
 _WRAPPER = "setpipe-haproxy"
 _WILDCARD_BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|::|\[::\])?:(\d+)", re.MULTILINE)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1" if is_loopback(host) else "", 0))
-        return sock.getsockname()[1]
 
 
 def _wrapper_path() -> str | None:
@@ -80,10 +64,10 @@ def local_ray_environment(ingress: str, host: str) -> dict[str, str]:
     env = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port(host)),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(host)),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port(host)),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port(host)),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(host)),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(host)),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port(host)),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port(host)),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
         # Throughput mode buffers 1000 access-log records and writes them at once, in the
         # event loop: a ~40 ms stall every ~2 s at 500 req/s that made every request in

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from setpipe._net import free_port
 
 VENV_BIN = Path(sys.executable).parent
 HEAD_RESOURCE = "setpipe_slot"  # one per node: a 2-worker run must use both nodes
@@ -28,12 +29,6 @@ class Head:
     token: str
     temp_dir: Path
     env: dict[str, str]  # the environment the head runs with (PATH with this venv first)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ports(*names: str) -> list[str]:

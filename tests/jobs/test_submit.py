@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from jobs_helpers import Head, free_port, write_data, write_job
+from jobs_helpers import Head, write_data, write_job
 
+from setpipe._net import free_port
 from setpipe.errors import JobError
 from setpipe.jobs.submit import (
     DuplicateSubmission,

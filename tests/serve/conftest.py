@@ -17,9 +17,9 @@ from serve_helpers import (
     TEST_LIMITS,
     Registered,
     Server,
-    free_port,
 )
 
+from setpipe._net import free_port
 from setpipe.serve.ingress import use_local_ingress
 from setpipe.spec import load_job
 

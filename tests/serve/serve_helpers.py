@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +16,6 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_LIMITS = {"max_sets": 8, "max_elements_per_set": 20_000, "max_body_bytes": 2_000_000}
 # Below the size of the big test set, so it is chunked instead of run whole.
 TEST_ELEMENT_BUDGET = 512
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

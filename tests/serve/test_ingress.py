@@ -12,8 +12,9 @@ import psutil
 import pytest
 from serve_helpers import REPO, Server
 
+from setpipe._net import is_loopback
 from setpipe.errors import ServeError
-from setpipe.serve.ingress import bind_wildcards_to, is_loopback, local_ray_environment
+from setpipe.serve.ingress import bind_wildcards_to, local_ray_environment
 
 GOOD = {  # one small valid set
     "part_pt": [10.0, 5.0, 2.0],

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from serve_helpers import Registered, free_port
+from serve_helpers import Registered
+
+from setpipe._net import free_port
 
 GOOD = {
     "features": {
