@@ -15,7 +15,7 @@ import setpipe
 PACKAGE = Path(setpipe.__file__).parent
 
 LAYERS = [
-    ("setpipe._compat", "setpipe._version", "setpipe.errors"),
+    ("setpipe._compat", "setpipe._net", "setpipe._version", "setpipe.errors"),
     ("setpipe.spec",),
     ("setpipe.data",),
     ("setpipe.models",),
