@@ -25,6 +25,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from setpipe.spec._fields import suggest
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+DEFAULT_ELEMENT_BUDGET = 16384
+"""Elements in one batch, training's and serving's: ~150 jets of ~100 particles."""
+DEFAULT_CHUNK_SIZE = 4096
+"""Elements per MBC encoder update: constant memory whatever the set's size."""
 
 
 class StrictModel(BaseModel):
@@ -201,7 +205,7 @@ class SplitSpec(StrictModel):
 
 class BatchSpec(StrictModel):
     element_budget: PositiveInt = Field(
-        default=16384,
+        default=DEFAULT_ELEMENT_BUDGET,
         description="A batch closes when the next set would exceed this many elements; a larger "
         "set passes alone and is chunked by the encoder.",
     )
@@ -479,7 +483,8 @@ class TrainSpec(StrictModel):
         "no_grad, with an unbiased n/M-scaled gradient (none = full backprop).",
     )
     chunk_size: PositiveInt = Field(
-        default=4096, description="Elements per encoder update (constant memory on huge sets)."
+        default=DEFAULT_CHUNK_SIZE,
+        description="Elements per encoder update (constant memory on huge sets).",
     )
     workers: int = Field(
         default=1, ge=0, description="Ray Train workers (0 = in the driver process)."
