@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
+
+from setpipe.tracking import store
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model_uri",
         metavar="MODEL_URI",
-        help="registered model: models:/NAME@ALIAS (e.g. models:/jets@champion) or "
-        "models:/NAME/VERSION",
+        help=f"registered model: {store.REGISTERED_URI_FORMS}",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -31,11 +30,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tracking_uri(args: argparse.Namespace) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the work dir's sqlite store."""
-    if args.tracking_uri:
-        return args.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(Path(args.workdir).resolve() / 'mlflow.db').as_posix()}"
+    return store.tracking_uri(args.tracking_uri, args.workdir)
 
 
 def positive_int(text: str) -> int:

@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from setpipe.data.request import Limits
     from setpipe.serve.app import ServeConfig, start
-    from setpipe.serve.schema import Limits
-    from setpipe.tracking.registry import parse_registry_uri, resolve
+    from setpipe.tracking.store import parse_registry_uri, resolve
 
     if args.address is not None and args.ingress is not None:
         raise ServeError(

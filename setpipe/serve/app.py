@@ -34,18 +34,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
+from setpipe.data.request import BadRequest, Limits
 from setpipe.errors import ServeError
 from setpipe.serve._batcher import ElementBatcher
 from setpipe.serve._json import ORJSON_MAX_BYTES
 from setpipe.serve.schema import (
-    BadRequest,
     ErrorResponse,
-    Limits,
     ModelInfo,
     PredictResponse,
     decode_body,
     parse_request,
 )
+from setpipe.tracking.store import not_a_registered_uri, parse_registry_uri, resolve
 
 APP_NAME = "setpipe"
 DEFAULT_HOST = "127.0.0.1"
@@ -140,8 +140,6 @@ class SetModelServer:
             self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     def _resolve_alias(self) -> str:
-        from setpipe.tracking.registry import resolve
-
         uri = f"models:/{self._config.name}@{self._config.alias}"
         return str(resolve(uri, self._config.tracking_uri)[1])
 
@@ -268,16 +266,11 @@ def app_config(args: dict[str, Any]) -> tuple[ServeConfig, str | None]:
     ``tracking_uri`` (default $MLFLOW_TRACKING_URI), and any other ServeConfig field. Checks
     the text only; nothing is looked up in MLflow.
     """
-    from setpipe.tracking.registry import parse_registry_uri
-
     options = dict(args)
     model_uri = str(options.pop("model_uri", ""))
     parsed = parse_registry_uri(model_uri)
     if parsed is None:
-        raise ServeError(
-            f"serve config args.model_uri: {model_uri!r} is not a registered model URI; expected "
-            "models:/NAME@ALIAS (e.g. models:/qg_jets@champion) or models:/NAME/VERSION"
-        )
+        raise ServeError(f"serve config args.model_uri: {not_a_registered_uri(model_uri)}")
     name, alias, version = parsed
     tracking_uri = options.pop("tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
@@ -307,8 +300,6 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     import_path: setpipe.serve.app:app_builder. An alias is resolved here, when the app is
     built on the cluster; the replicas then follow it.
     """
-    from setpipe.tracking.registry import resolve
-
     config, version = app_config(args)
     if version is None:
         version = resolve(f"models:/{config.name}@{config.alias}", config.tracking_uri)[1]

@@ -141,7 +141,7 @@ def predict_dataset(
     import ray.data
 
     from setpipe.tracking.pyfunc import load_set_model
-    from setpipe.tracking.registry import resolve
+    from setpipe.tracking.store import resolve
 
     out = Path(output)
     if out.exists() and any(out.iterdir()):

@@ -33,6 +33,7 @@ from setpipe.errors import RegistryError
 from setpipe.spec import dump_job
 from setpipe.spec.models import JobSpec
 from setpipe.tracking import lineage, plots
+from setpipe.tracking.store import artifact_location, tracking_uri_for
 
 MAX_PARAM_LENGTH = 6000
 """MLflow refuses longer param values (``MAX_PARAM_VAL_LENGTH`` in mlflow 3.17)."""
@@ -52,40 +53,12 @@ _OPEN: dict[str, _OpenRun] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-# --------------------------------------------------------------------------- where
-
-
-def tracking_uri_for(job: JobSpec) -> str:
-    """job.tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite in the work dir.
-
-    Creates the work dir. The default store is a database because the model registry
-    needs one (mlflow 3.17 refuses the plain file store).
-    """
-    workdir = Path(job.workdir).expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    if job.tracking.tracking_uri:
-        return job.tracking.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{workdir / 'mlflow.db'}"
-
-
-def _artifact_location(tracking_uri: str) -> str | None:
-    """Artifacts beside a local sqlite store (mlflow's default is ./mlruns in the cwd)."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        return (db.parent / "mlartifacts").resolve().as_uri()
-    return None
-
-
 def _experiment_id(client: MlflowClient, job: JobSpec, tracking_uri: str) -> str:
     name = job.experiment_name
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(
-                name, artifact_location=_artifact_location(tracking_uri)
-            )
+            return client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
         except MlflowException:
             experiment = client.get_experiment_by_name(name)  # created meanwhile by another run
             if experiment is None:
@@ -151,7 +124,7 @@ def _start_system_metrics(run_id: str, tracking_uri: str, resume: bool) -> Any |
     """
     if os.environ.get(SYSTEM_METRICS_SWITCH, "true").strip().lower() in ("false", "0", "no"):
         return None
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    from setpipe._compat import SystemMetricsMonitor
 
     monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=tracking_uri)
     monitor.start()
@@ -211,12 +184,15 @@ def open_run(job: JobSpec, run_id: str | None = None) -> str:
     return run_id
 
 
-def log_epoch(run_id: str, job: JobSpec, epoch: int, metrics: dict[str, float]) -> None:
+def log_epoch(run_id: str, tracking_uri: str, epoch: int, metrics: dict[str, float]) -> None:
     """One epoch's metrics at step ``epoch`` (call on rank 0 only; safe in a Ray worker).
 
-    The ``epoch`` key itself is the step, not a metric; None values are left out.
+    ``tracking_uri`` is resolved on the driver (``tracking_uri_for``) and handed over: a
+    worker resolving it from the job would see its own cwd (Ray Train runs workers in a
+    directory of their own) and its own $MLFLOW_TRACKING_URI, so another store. The
+    ``epoch`` key itself is the step, not a metric; None values are left out.
     """
-    client = MlflowClient(tracking_uri_for(job))
+    client = MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     rows = [
         Metric(key, float(value), now, int(epoch))
@@ -321,5 +297,4 @@ __all__ = [
     "log_epoch",
     "log_model",
     "open_run",
-    "tracking_uri_for",
 ]

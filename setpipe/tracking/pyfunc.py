@@ -11,16 +11,10 @@ the setpipe package shipped as ``code_paths``: setpipe is not on PyPI, and a clo
 instance would tie the model to this interpreter's module layout. Loading therefore
 runs setpipe's code, not bytes from a pickle.
 
-Request (``mlflow models serve``: ``{"inputs": [SET, ...]}``; Python: a list of SETs)::
-
-    SET = {"features": {"part_pt": [...], "part_eta": [...], ...},   # raw element features
-           "context": {"jet_pt": 512.0}}                              # the job's context, if any
-
-``features`` has one equal-length list per RAW element feature of the job
-(``data.elements.feature_names``: the parallel columns, the struct fields, or the vector
-components ``<column>_0 ...``), so one request shape covers all three layouts. Pydantic
-checks the types (``SetInput``), then ``setpipe.serve.schema.sets_to_batch`` checks the
-names and lengths exactly as the Ray Serve endpoint does.
+Request (``mlflow models serve``: ``{"inputs": [SET, ...]}``; Python: a list of SETs): the
+format of ``setpipe.data.request``, which the Ray Serve endpoint speaks too. Pydantic checks
+the types (``SetInput``), then ``sets_to_batch`` checks the names and lengths exactly as the
+endpoint does.
 
 Per set out: classify ``{"probabilities": [...], "label": int}``, regress ``{"value": x}``,
 rank ``{"scores": [...]}`` (one per element, in input order).
@@ -29,11 +23,9 @@ rank ``{"scores": [...]}`` (one per element, in input order).
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from itertools import pairwise
@@ -45,31 +37,20 @@ import torch
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from setpipe.data.batch import SetBatch
+from setpipe.data.request import Limits, SetInput, sets_to_batch
 from setpipe.errors import ModelError
 from setpipe.spec import dump_job, job_from_dict
 from setpipe.spec.models import JobSpec
+from setpipe.tracking.store import REGISTERED_URI_FORMS, parse_registry_uri, resolve
 
 ARTIFACTS = {"weights": "weights.pt", "job": "job.yaml", "transforms": "transforms.json"}
 """Artifact key -> file name inside the logged model."""
 MODEL_CODE = Path(__file__).with_name("_pyfunc_model.py")
 PINNED = ("torch", "mlflow", "pyarrow", "pydantic", "numpy", "pyyaml")
 """Requirements pinned at the versions this model was trained with (setpipe is code_paths)."""
-
-
-class SetInput(BaseModel):
-    """One set: raw element feature name -> one number per element; context name -> number."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    features: dict[str, list[float]] = Field(
-        description="Every raw element feature of the job: equal-length lists of finite numbers."
-    )
-    context: dict[str, float] = Field(
-        default_factory=dict, description="The job's set-level context features (none: {})."
-    )
 
 
 # --------------------------------------------------------------------------- the loaded model
@@ -144,8 +125,6 @@ class LoadedSetModel:
 
     def predict_sets(self, sets: list[SetInput] | list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per-set outputs for sets in the request format (the pyfunc's predict)."""
-        from setpipe.serve.schema import Limits, sets_to_batch
-
         items = [s.model_dump() if isinstance(s, BaseModel) else s for s in sets]
         # The pyfunc is also a batch API: the server's per-request limits do not apply.
         unlimited = Limits(max_sets=2**62, max_elements_per_set=2**62, max_body_bytes=2**62)
@@ -168,27 +147,6 @@ class SetPyfunc(mlflow.pyfunc.PythonModel):
 # --------------------------------------------------------------------------- log and load
 
 
-@contextmanager
-def _scoped_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's global tracking URI set to ``uri`` for the block, then put back as it was.
-
-    ``mlflow.set_tracking_uri`` also writes $MLFLOW_TRACKING_URI (and ``None`` deletes it),
-    so the variable is restored too: a user's setting must survive a logged model.
-    """
-    from mlflow.tracking._tracking_service import utils
-
-    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]
-        if env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
-
-
 def pip_requirements() -> list[str]:
     """``name==version`` of what the model needs, as installed here (setpipe: code_paths)."""
     return [f"{name}=={installed_version(name)}" for name in PINNED]
@@ -202,43 +160,61 @@ def log_pyfunc(
     transforms: dict[str, Any],
     input_example: list[dict[str, Any]] | None,
 ) -> str:
-    """Log the model under ``run_id``; returns its URI ``models:/m-...``."""
+    """Log the model under ``run_id`` in the store at ``tracking_uri``; returns ``models:/m-...``.
+
+    Every step goes to this store explicitly, through public MLflow API: a logged model
+    in the run's experiment, the pyfunc saved into a temporary directory, its files
+    uploaded to the logged model, the model recorded as the run's output, the model
+    marked READY. (``Model.log`` does the same steps but finds the store through the
+    process-global tracking URI, which setpipe would have to swap for the call.)
+    """
+    from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
 
     client = MlflowClient(tracking_uri)
-    # Created here, in the run's experiment: Model.log alone would put it in the process's
-    # active experiment (the Default one, artifacts under ./mlruns of the cwd).
+    # In the run's experiment: left to MLflow it would be the process's active experiment
+    # (the Default one, artifacts under ./mlruns of the cwd).
     logged = client.create_logged_model(
         experiment_id=client.get_run(run_id).info.experiment_id,
         name="model",
         source_run_id=run_id,
     )
-    with tempfile.TemporaryDirectory(prefix="setpipe-model-") as tmp:
-        files = {key: Path(tmp) / name for key, name in ARTIFACTS.items()}
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, files["weights"])
-        files["job"].write_text(dump_job(job))
-        files["transforms"].write_text(json.dumps(transforms))
-        with warnings.catch_warnings():
-            # The output hint dict[str, Any] is deliberate (three task shapes); MLflow warns
-            # that it cannot validate Any.
-            warnings.filterwarnings("ignore", message=".*Any type hint.*")
-            # Model.log, not mlflow.pyfunc.log_model: only it takes run_id and model_id, and
-            # the run is not the process's active run (there is none). It reads the tracking
-            # URI globally, hence the scoped override.
-            with _scoped_tracking_uri(tracking_uri):
-                info = Model.log(
-                    artifact_path=None,  # deprecated in MLflow 3 in favour of name
-                    name="model",
-                    flavor=mlflow.pyfunc,
-                    run_id=run_id,
-                    model_id=logged.model_id,
+    try:
+        with tempfile.TemporaryDirectory(prefix="setpipe-model-") as tmp:
+            files = {key: Path(tmp) / name for key, name in ARTIFACTS.items()}
+            torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, files["weights"])
+            files["job"].write_text(dump_job(job))
+            files["transforms"].write_text(json.dumps(transforms))
+            local = Path(tmp) / "model"
+            with warnings.catch_warnings():
+                # The output hint dict[str, Any] is deliberate (three task shapes); MLflow
+                # warns that it cannot validate Any.
+                warnings.filterwarnings("ignore", message=".*Any type hint.*")
+                mlflow.pyfunc.save_model(
+                    path=str(local),
+                    # What Model.log writes into MLmodel: where the model lives, and whose.
+                    mlflow_model=Model(
+                        artifact_path=logged.artifact_location,
+                        model_uuid=logged.model_id,
+                        run_id=run_id,
+                        model_id=logged.model_id,
+                    ),
                     python_model=str(MODEL_CODE),
                     artifacts={key: str(path) for key, path in files.items()},
                     code_paths=[str(Path(__file__).resolve().parents[1])],  # the setpipe package
                     pip_requirements=pip_requirements(),
                     input_example=input_example,
                 )
-    return info.model_uri
+            # Saving runs the model on the input example; its imports leave bytecode behind.
+            for cache in list(local.rglob("__pycache__")):
+                shutil.rmtree(cache, ignore_errors=True)
+            client.log_model_artifacts(logged.model_id, str(local))
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(logged.model_id, "READY")
+    return f"models:/{logged.model_id}"
 
 
 def load_set_model(model_uri: str, tracking_uri: str | None = None) -> LoadedSetModel:
@@ -249,8 +225,6 @@ def load_set_model(model_uri: str, tracking_uri: str | None = None) -> LoadedSet
     """
     from mlflow.artifacts import download_artifacts
     from mlflow.models import Model
-
-    from setpipe.tracking.registry import parse_registry_uri, resolve
 
     name = version = None
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
@@ -276,8 +250,7 @@ def load_set_model(model_uri: str, tracking_uri: str | None = None) -> LoadedSet
         except (MlflowException, OSError) as err:
             raise ModelError(
                 f"cannot load model {model_uri!r} from {tracking_uri or 'the default store'}: "
-                f"{err}; give models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> or a "
-                "model directory"
+                f"{err}; give {REGISTERED_URI_FORMS}, models:/m-<id> or a model directory"
             ) from None
         conf = Model.load(local).flavors.get("python_function", {})
         logged = conf.get("artifacts", {})

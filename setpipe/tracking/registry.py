@@ -11,7 +11,6 @@ The decision and both figures are logged on the run (``gate.*`` metrics and tags
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
 
@@ -19,14 +18,12 @@ from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from setpipe.errors import RegistryError
 from setpipe.spec.models import JobSpec
+from setpipe.tracking.store import tracking_uri_for
 
 CHALLENGER = "challenger"
 METRIC_TAG = "setpipe.metric"
 METRIC_NAME_TAG = "setpipe.metric_name"
-
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
 
 
 @dataclass(frozen=True)
@@ -45,72 +42,6 @@ class GateDecision:
     """Whether the champion alias now points at ``version``."""
     reason: str
     """One sentence saying why, with both figures."""
-
-
-def parse_registry_uri(model_uri: str) -> tuple[str, str | None, str | None] | None:
-    """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/VERSION`` -> (NAME, None,
-    VERSION); anything else (``models:/m-<id>``, runs:/, paths) -> None."""
-    match = _URI.match(model_uri)
-    if match is None:
-        return None
-    return match["name"], match["alias"], match["version"]
-
-
-def _aliases_text(client: MlflowClient, name: str) -> str:
-    model = client.get_registered_model(name)
-    if not model.aliases:
-        return "it has no aliases"
-    pairs = ", ".join(f"@{a} -> {v}" for a, v in sorted(model.aliases.items()))
-    return f"its aliases are {pairs}"
-
-
-def _versions_text(client: MlflowClient, name: str) -> str:
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-    return f"its versions are {', '.join(map(str, versions))}" if versions else "it has no versions"
-
-
-def resolve(model_uri: str, tracking_uri: str | None = None) -> tuple[str, str]:
-    """(name, version) that ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` points at now.
-
-    Raises RegistryError naming the URI, what exists, and the fix.
-    """
-    parsed = parse_registry_uri(model_uri)
-    if parsed is None:
-        raise RegistryError(
-            f"{model_uri!r} is not a registered model URI; expected models:/NAME@ALIAS (e.g. "
-            "models:/jets@champion) or models:/NAME/VERSION (e.g. models:/jets/3)"
-        )
-    name, alias, version = parsed
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        names = sorted(m.name for m in client.search_registered_models())
-        known = f"registered models are {', '.join(names)}" if names else "no model is registered"
-        raise RegistryError(
-            f"{model_uri}: no registered model {name!r} at {client.tracking_uri}; {known}. "
-            "Train the job first (setpipe run) or fix the name"
-        ) from None
-    if alias is not None:
-        try:
-            mv = client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            raise RegistryError(
-                f"{model_uri}: model {name!r} has no alias @{alias}; "
-                f"{_aliases_text(client, name)}. Use one of them or models:/{name}/VERSION"
-            ) from None
-        return name, str(mv.version)
-    if not (version or "").isdigit():
-        raise RegistryError(
-            f"{model_uri}: version {version!r} is not a number; {_versions_text(client, name)}"
-        )
-    try:
-        client.get_model_version(name, version)
-    except MlflowException:
-        raise RegistryError(
-            f"{model_uri}: model {name!r} has no version {version}; {_versions_text(client, name)}"
-        ) from None
-    return name, str(version)
 
 
 def _recorded_metric(client: MlflowClient, name: str, version: str) -> float | None:
@@ -150,8 +81,6 @@ def register_and_gate(
 ) -> GateDecision:
     """Register ``logged_model_uri`` as a new version of ``job.model_name``, alias it
     ``challenger``, and move ``job.tracking.alias`` to it if it beats the champion."""
-    from setpipe.tracking.mlflow_run import tracking_uri_for
-
     tracking_uri = tracking_uri_for(job)
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     name, alias = job.model_name, job.tracking.alias
@@ -239,7 +168,5 @@ __all__ = [
     "CHALLENGER",
     "GateDecision",
     "decide",
-    "parse_registry_uri",
     "register_and_gate",
-    "resolve",
 ]

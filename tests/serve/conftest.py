@@ -49,7 +49,7 @@ def registered(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Reg
         ],
     )
     summary = run(job, progress=False)
-    from setpipe.tracking.registry import resolve
+    from setpipe.tracking.store import resolve
 
     uri = f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
     name, version = resolve(f"models:/{job.model_name}@{job.tracking.alias}", uri)
@@ -66,8 +66,8 @@ def server(registered: Registered) -> Iterator[Server]:
     """
     from ray import serve
 
+    from setpipe.data.request import Limits
     from setpipe.serve.app import ServeConfig, start
-    from setpipe.serve.schema import Limits
 
     port = free_port()
     config = ServeConfig(

@@ -25,7 +25,7 @@ def test_predict_writes_one_row_per_input_row_with_keys(
 ) -> None:
     import mlflow
 
-    from setpipe.tracking.registry import resolve
+    from setpipe.tracking.store import resolve
 
     out = tmp_path / "predictions"
     source = registered.data_dir / "test"

@@ -9,8 +9,9 @@ import pytest
 import torch
 from serve_helpers import REPO
 
+from setpipe.data.request import BadRequest, Limits, sets_to_batch
 from setpipe.serve._json import ORJSON_MAX_BYTES, loads_numeric, loads_request
-from setpipe.serve.schema import BadRequest, Limits, parse_request, sets_to_batch
+from setpipe.serve.schema import parse_request
 from setpipe.spec import load_job
 
 JOB = load_job(REPO / "jobs" / "quickstart.yaml")

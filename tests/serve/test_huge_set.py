@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from serve_helpers import REPO
 
-from setpipe.serve.schema import Limits, parse_request
+from setpipe.data.request import Limits
+from setpipe.serve.schema import parse_request
 from setpipe.tracking.pyfunc import LoadedSetModel
 
 N = 1_000_000

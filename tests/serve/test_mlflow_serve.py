@@ -28,7 +28,7 @@ GOOD = {
 def test_mlflow_models_serve_round_trip(registered: Registered, tmp_path: Path) -> None:
     import mlflow
 
-    from setpipe.tracking.registry import resolve
+    from setpipe.tracking.store import resolve
 
     bin_dir = Path(sys.executable).parent
     port = free_port()

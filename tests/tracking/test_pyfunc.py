@@ -12,10 +12,11 @@ import yaml
 from conftest import fitted, make_job, raw_batch, trained_state
 from mlflow.tracking import MlflowClient
 
+from setpipe.data.request import SetInput
 from setpipe.errors import ModelError, ServeError
 from setpipe.spec import dump_job
 from setpipe.tracking.mlflow_run import close_run, example_request, log_model, open_run
-from setpipe.tracking.pyfunc import SetInput, load_set_model, task_outputs
+from setpipe.tracking.pyfunc import load_set_model, task_outputs
 
 SIZES = [5, 1, 12, 3]
 HISTORY = [

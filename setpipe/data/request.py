@@ -1,0 +1,239 @@
+"""The request format for predictions, shared by the registered pyfunc and the Ray Serve app.
+
+One set, by the job's RAW element feature names (``data.elements.feature_names``: the
+parallel columns, the struct fields, or the vector components ``<column>_0 ...``), so one
+request shape covers all three layouts::
+
+    SET = {"features": {"part_pt": [...], "part_eta": [...], ...},   # equal-length lists
+           "context": {"jet_pt": 512.0}}                              # the job's context, if any
+
+``SetInput`` is the pydantic type (``mlflow models serve`` validates against it);
+``sets_to_batch`` checks names, lengths, numbers and limits by hand and packs the sets
+into a raw-feature SetBatch, for both the pyfunc and the server. By hand, not by
+pydantic: pydantic on a 10⁶-element set's 4·10⁶ floats would cost 130 MB of objects and
+seconds. Every error names the set index and field the way the user wrote it, e.g.
+``sets[3].features.part_eta: expected 12 values like part_pt, found 11``.
+
+It sits in the data layer, below tracking (the pyfunc) and serve (the HTTP app), and
+imports neither; torch is imported only where the SetBatch is built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from setpipe.errors import ServeError
+from setpipe.spec.models import JobSpec
+
+if TYPE_CHECKING:
+    from setpipe.data.batch import SetBatch
+
+
+class SetInput(BaseModel):
+    """One set: raw element feature name -> one number per element; context name -> number."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: dict[str, list[float]] = Field(
+        description="Every raw element feature of the job: equal-length lists of finite numbers."
+    )
+    context: dict[str, float] = Field(
+        default_factory=dict, description="The job's set-level context features (none: {})."
+    )
+
+
+class BadRequest(ServeError):
+    """A request that is refused: ``status`` 413 (over a limit) or 422 (invalid)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Limits(BaseModel):
+    """Per-request limits; each is a command-line option of ``setpipe serve``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_sets: int = Field(default=4096, ge=1, description="Sets in one request.")
+    max_elements_per_set: int = Field(
+        default=2_000_000, ge=1, description="Elements in one set (larger sets are chunked)."
+    )
+    max_body_bytes: int = Field(
+        # A 10⁶-element jet (4 features, ~9 characters a number) is ~40 MB of JSON.
+        default=128 * 1024 * 1024,
+        ge=1,
+        description="Bytes of request body.",
+    )
+
+
+def describe(value: Any) -> str:
+    """A decoded JSON value as an error shows it: ``an empty list``, ``"abc"``, ``null``, ``3``."""
+    if isinstance(value, np.ndarray | list) and len(value) == 0:
+        return "an empty list"
+    if isinstance(value, str):
+        shown = value if len(value) <= 20 else value[:17] + "..."
+        return json.dumps(shown)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, np.ndarray | list):
+        return "a list"
+    return repr(value)
+
+
+def _non_finite(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+_NUMBER_TYPES = {int, float}
+
+
+def _as_values(where: str, value: Any) -> np.ndarray:
+    """A feature list as float64 numbers, or a 422 naming the first bad entry."""
+    if isinstance(value, list):
+        # From orjson, or a list the numeric decoder refused. type() and not isinstance:
+        # True is an int to isinstance, and numpy would turn "1.5" into 1.5.
+        if not set(map(type, value)) <= _NUMBER_TYPES:
+            for i, item in enumerate(value):
+                if isinstance(item, bool) or not isinstance(item, int | float):
+                    raise BadRequest(
+                        422, f"{where}[{i}]: expected a number, found {describe(item)}"
+                    )
+        value = np.asarray(value, dtype=np.float64)
+    if not isinstance(value, np.ndarray) or value.ndim != 1:
+        raise BadRequest(422, f"{where}: expected a list of numbers, found {describe(value)}")
+    finite = np.isfinite(value)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise BadRequest(
+            422,
+            f"{where}[{i}]: {_non_finite(float(value[i]))} is not allowed; values must be "
+            "finite numbers",
+        )
+    return value
+
+
+def _expect_keys(where: str, obj: dict, expected: list[str], what: str) -> None:
+    unknown = [k for k in obj if k not in expected]
+    if unknown:
+        raise BadRequest(
+            422,
+            f"{where}.{unknown[0]}: not {what} of this model; expected {', '.join(expected)}",
+        )
+    missing = [k for k in expected if k not in obj]
+    if missing:
+        raise BadRequest(
+            422, f"{where}: missing {', '.join(missing)}; expected {', '.join(expected)}"
+        )
+
+
+def _context_row(where: str, ctx: Any, context_names: list[str]) -> list[float]:
+    """One set's context as floats in the job's order, or a 422 naming the field."""
+    if not isinstance(ctx, dict):
+        raise BadRequest(422, f"{where}.context: expected an object, found {describe(ctx)}")
+    _expect_keys(f"{where}.context", ctx, context_names, "a context feature")
+    row = []
+    for name in context_names:
+        value = ctx[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadRequest(
+                422, f"{where}.context.{name}: expected a number, found {describe(value)}"
+            )
+        if not math.isfinite(value):
+            raise BadRequest(
+                422,
+                f"{where}.context.{name}: {_non_finite(float(value))} is not allowed; "
+                "values must be finite numbers",
+            )
+        row.append(float(value))
+    return row
+
+
+def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
+    """Validate decoded sets (lists or numpy arrays as values) and pack them, raw features.
+
+    Raises BadRequest 413 for a limit, 422 for anything else, naming ``sets[i].field``.
+    """
+    import torch
+
+    from setpipe.data.batch import SetBatch
+
+    features = job.data.elements.feature_names
+    context_names = list(job.data.context)
+    if isinstance(sets, np.ndarray):
+        sets = sets.tolist()  # the fast path made "[1, 2]" an array: name its entries below
+    if not isinstance(sets, list) or not sets:
+        raise BadRequest(422, f"sets: expected a non-empty list of sets, found {describe(sets)}")
+    if len(sets) > limits.max_sets:
+        raise BadRequest(
+            413,
+            f"sets: {len(sets)} sets exceed the limit of {limits.max_sets} per request "
+            "(--max-sets)",
+        )
+    columns: list[list[np.ndarray]] = [[] for _ in features]
+    sizes: list[int] = []
+    contexts: list[list[float]] = []
+    for s, item in enumerate(sets):
+        where = f"sets[{s}]"
+        if not isinstance(item, dict):
+            raise BadRequest(
+                422, f"{where}: expected an object with features, found {describe(item)}"
+            )
+        unknown = [k for k in item if k not in ("features", "context")]
+        if unknown:
+            raise BadRequest(
+                422, f"{where}.{unknown[0]}: unknown field; expected features, context"
+            )
+        given = item.get("features")
+        if not isinstance(given, dict):
+            raise BadRequest(
+                422,
+                f"{where}.features: expected an object of feature lists, found "
+                f"{'nothing' if given is None else describe(given)}",
+            )
+        _expect_keys(f"{where}.features", given, features, "an element feature")
+        first = _as_values(f"{where}.features.{features[0]}", given[features[0]])
+        n = first.size
+        if n == 0:
+            raise BadRequest(422, f"{where}: empty set; a set needs at least one element")
+        if n > limits.max_elements_per_set:
+            raise BadRequest(
+                413,
+                f"{where}: {n} elements exceed the limit of {limits.max_elements_per_set} per set "
+                "(--max-elements-per-set)",
+            )
+        columns[0].append(first)
+        for f, name in enumerate(features[1:], start=1):
+            values = _as_values(f"{where}.features.{name}", given[name])
+            if values.size != n:
+                raise BadRequest(
+                    422,
+                    f"{where}.features.{name}: expected {n} values like {features[0]}, "
+                    f"found {values.size}",
+                )
+            columns[f].append(values)
+        sizes.append(n)
+        contexts.append(_context_row(where, item.get("context", {}), context_names))
+    # One float32 [E, F] block, filled column by column (no [E, F] float64 intermediate).
+    values = np.empty((sum(sizes), len(features)), dtype=np.float32)
+    for f, parts in enumerate(columns):
+        np.concatenate(parts, out=values[:, f], casting="same_kind")
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return SetBatch(
+        values=torch.from_numpy(values),
+        offsets=torch.from_numpy(offsets),
+        context=torch.tensor(contexts, dtype=torch.float32) if context_names else None,
+    )
+
+
+__all__ = ["BadRequest", "Limits", "SetInput", "describe", "sets_to_batch"]
