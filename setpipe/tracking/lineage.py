@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from mlflow.data.dataset_source import DatasetSource
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.types import ColSpec, Schema
 
 from setpipe.data.fingerprint import FileStamp, digest, fingerprint, list_files
@@ -27,6 +25,8 @@ Split = Literal["train", "validation", "test"]
 
 CONTEXTS: dict[Split, str] = {"train": "training", "validation": "validation", "test": "test"}
 """MLflow's ``mlflow.data.context`` input tag for each split."""
+SOURCE_TYPE = "setpipe_parquet"
+"""The dataset source type on the run page; the source is ``{"uris": [the job's entries]}``."""
 
 
 @dataclass(frozen=True)
@@ -81,53 +81,26 @@ def lineage_tags(data: DataSpec, splits: list[SplitFiles]) -> dict[str, str]:
 
 
 def dataset_inputs(job_name: str, data: DataSpec, splits: list[SplitFiles]) -> list[DatasetInput]:
-    """One MLflow dataset input per split, tagged with its context (training/validation/test)."""
+    """One MLflow dataset input per split, tagged with its context (training/validation/test).
+
+    Built as ``mlflow.entities.Dataset`` directly, field for field what a ``MetaDataset``
+    over a custom source would store, without its private ``_to_mlflow_entity``.
+    """
     # The element and set columns the job reads, so the run page shows what a set is.
     columns = [ColSpec("double", name) for name in data.elements.feature_names]
     columns += [ColSpec("double", name) for name in data.context]
-    schema = Schema(columns)
-    inputs = []
-    for s in splits:
-        dataset = MetaDataset(
-            source=ParquetFilesSource(s.sources),
-            name=f"{job_name}-{s.split}",
-            # MLflow stores at most 36 characters of digest; the full sha256 is a run tag.
-            digest=s.digest[:16],
-            schema=schema,
+    schema = json.dumps({"mlflow_colspec": Schema(columns).to_dict()})
+    return [
+        DatasetInput(
+            dataset=Dataset(
+                name=f"{job_name}-{s.split}",
+                # MLflow stores at most 36 characters of digest; the full sha256 is a run tag.
+                digest=s.digest[:16],
+                source_type=SOURCE_TYPE,
+                source=json.dumps({"uris": s.sources}),
+                schema=schema,
+            ),
+            tags=[InputTag(key="mlflow.data.context", value=CONTEXTS[s.split])],
         )
-        inputs.append(
-            DatasetInput(
-                dataset=dataset._to_mlflow_entity(),
-                tags=[InputTag(key="mlflow.data.context", value=CONTEXTS[s.split])],
-            )
-        )
-    return inputs
-
-
-class ParquetFilesSource(DatasetSource):
-    """An MLflow dataset source naming the job's Parquet sources (several entries allowed)."""
-
-    def __init__(self, uris: list[str]) -> None:
-        self.uris = list(uris)
-
-    @staticmethod
-    def _get_source_type() -> str:
-        return "setpipe_parquet"
-
-    def load(self) -> Any:
-        return self.uris
-
-    @staticmethod
-    def _can_resolve(raw_source: Any) -> bool:
-        return False
-
-    @classmethod
-    def _resolve(cls, raw_source: Any) -> ParquetFilesSource:
-        return cls(_as_list(raw_source))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"uris": self.uris}
-
-    @classmethod
-    def from_dict(cls, source_dict: dict[Any, Any]) -> ParquetFilesSource:
-        return cls(list(source_dict["uris"]))
+        for s in splits
+    ]
