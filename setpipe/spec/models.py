@@ -32,9 +32,12 @@ DEFAULT_CHUNK_SIZE = 4096
 
 
 class StrictModel(BaseModel):
-    """Base of every job model: unknown keys are errors, values are validated on assignment."""
+    """Base of every job model: unknown keys are errors, values are validated on assignment,
+    and no number may be NaN or infinite (``lr: .inf`` would train to NaN weights)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
 
 
 # --------------------------------------------------------------------------- data

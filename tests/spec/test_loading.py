@@ -377,6 +377,19 @@ BAD: list[tuple[str, str, list[str], str]] = [
         '"val_auc"?',
     ),
     (
+        "lr-infinite",
+        edit(("  epochs: 3\n", "  epochs: 3\n  optimizer: {lr: .inf}\n")),
+        [],
+        "jobs/x.yaml:19: train.optimizer.lr: got inf; expected a finite number",
+    ),
+    (
+        "nan-override",
+        BASE,
+        ["train.optimizer.weight_decay=.nan"],
+        'override "train.optimizer.weight_decay=.nan": train.optimizer.weight_decay: got nan; '
+        "expected a finite number",
+    ),
+    (
         "overrides-all-reported",
         BASE,
         ["train.epochz=3", "modle.task=rank"],
