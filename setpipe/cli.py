@@ -46,12 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
-        cmd.set_defaults(_run=module.run)
+        cmd.set_defaults(_run=module.run, _parser=cmd)
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line. ``KEY=VALUE`` overrides may come after flags too
+    (``setpipe run JOB --address A k=v``); anything else unknown is reported with the
+    subcommand's usage, not the top level's."""
+    args, extra = build_parser().parse_known_args(argv)
+    if not extra:
+        return args
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if overrides and isinstance(getattr(args, "overrides", None), list):
+        args.overrides.extend(overrides)
+        extra = [e for e in extra if e not in overrides]
+    if extra:
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args._run(args) or 0)
     except SetpipeError as err:

@@ -36,6 +36,16 @@ def interpolate(
     return walk(data, ())
 
 
+def interpolate_override(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """``KEY=VALUE`` with ``${VAR}`` in the value replaced as in a job file's values."""
+    key, sep, value = text.partition("=")
+    if not sep or "$" not in value:
+        return text
+    env = os.environ if environ is None else environ
+    where = f'override "{text}"'
+    return f"{key}={_substitute(value, env, where, key.strip())}"
+
+
 def _where(source: str, lines: Mapping[tuple[Segment, ...], int], path: tuple[Segment, ...]) -> str:
     line = lines.get(path)
     return f"{source}:{line}" if line else source

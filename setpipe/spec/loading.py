@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from setpipe.errors import SpecError
 from setpipe.spec import _yaml
 from setpipe.spec._render import Renderer, show
-from setpipe.spec.interpolation import interpolate
+from setpipe.spec.interpolation import interpolate, interpolate_override
 from setpipe.spec.models import JobSpec
 from setpipe.spec.overrides import apply_overrides
 
@@ -29,19 +29,14 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
     ``overrides`` are ``a.b.c=value`` strings applied after interpolation.
     """
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{source}: no such file; give the path of a job YAML") from None
-    except (IsADirectoryError, UnicodeDecodeError) as err:
-        raise SpecError(f"{source}: cannot read it as a YAML text file ({err})") from None
+    text = _yaml.read_text(path, source)
     data, lines = _yaml.parse(text, source)
     if data is None:
         raise SpecError(f"{source}: the file is empty; {_NEEDS}")
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the top level is {_kind(data)}; {_NEEDS}")
     data = interpolate(data, source, lines)
-    return _validate(data, source, lines, overrides)
+    return _validate(data, source, lines, [interpolate_override(o) for o in overrides])
 
 
 def job_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> JobSpec:

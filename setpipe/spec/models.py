@@ -7,8 +7,10 @@ Cross-field rules live beside the fields they join.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -31,6 +33,33 @@ DEFAULT_CHUNK_SIZE = 4096
 """Elements per MBC encoder update: constant memory whatever the set's size."""
 
 
+def _accepts(annotation: Any, kind: type) -> bool:
+    """Whether ``annotation`` (maybe ``X | None``) admits ``kind`` and not bool."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
+    options = members or (annotation,)
+    return kind in options and bool not in options
+
+
+@functools.cache
+def _number_fields(model: type[BaseModel]) -> dict[str, type]:
+    """{field: int or float} for the fields that take a number and not a boolean."""
+    out: dict[str, type] = {}
+    for name, info in model.model_fields.items():
+        for kind in (float, int):
+            if _accepts(info.annotation, kind):
+                out[name] = kind
+                break
+    return out
+
+
+def _distinct(names: list[str], what: str) -> list[str]:
+    repeated = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    if repeated:
+        listed = ", ".join(f"{n} ({names.count(n)} times)" for n in repeated)
+        raise ValueError(f"each {what} may appear once; duplicated: {listed}; remove the repeats")
+    return names
+
+
 class StrictModel(BaseModel):
     """Base of every job model: unknown keys are errors, values are validated on assignment,
     and no number may be NaN or infinite (``lr: .inf`` would train to NaN weights)."""
@@ -38,6 +67,26 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        # YAML reads yes/no/on/off/true as booleans, and lax pydantic takes True as 1:
+        # "epochs: yes" must be an error, not one epoch.
+        if not isinstance(data, dict):
+            return data
+        numbers = _number_fields(cls)
+        errors = [
+            InitErrorDetails(
+                type="float_type" if numbers[key] is float else "int_type", loc=(key,), input=value
+            )
+            for key, value in data.items()
+            if isinstance(value, bool) and key in numbers
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
+
 
 
 # --------------------------------------------------------------------------- data
@@ -56,6 +105,11 @@ class ParallelLists(StrictModel):
         min_length=1, description="The list<float|int> columns, one per element feature."
     )
 
+    @field_validator("columns")
+    @classmethod
+    def _distinct_columns(cls, columns: list[str]) -> list[str]:
+        return _distinct(columns, "column")
+
     @property
     def feature_names(self) -> list[str]:
         return list(self.columns)
@@ -67,6 +121,11 @@ class StructList(StrictModel):
     layout: Literal["struct"] = Field(description="One list<struct> column with named fields.")
     column: str = Field(description="The list<struct<...>> column.")
     fields: list[str] = Field(min_length=1, description="The struct fields used as features.")
+
+    @field_validator("fields")
+    @classmethod
+    def _distinct_fields(cls, fields: list[str]) -> list[str]:
+        return _distinct(fields, "field")
 
     @property
     def feature_names(self) -> list[str]:

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel
 
 from setpipe.errors import SpecError
+from setpipe.spec import _yaml
 from setpipe.spec._fields import Level, Segment, field_level, format_path, level_of, narrow
 from setpipe.spec._render import did_you_mean, one_of, show
 
@@ -61,7 +62,10 @@ def parse_key(key: str) -> tuple[Segment, ...]:
 def parse_value(raw: str, key: str) -> Any:
     """The override's value as YAML reads it; text YAML cannot read ("*/5 * * * *") stays text."""
     try:
-        return yaml.safe_load(raw)
+        return _yaml.load_value(raw, key)
+    except SpecError as err:  # over a bound: too deep, a recursive alias, a huge number
+        reason = re.sub(rf"^{re.escape(key)}(:\d+)?: ", "", str(err))
+        raise _Problem(f"{key}: {reason}") from None
     except yaml.YAMLError as err:
         if not raw.lstrip().startswith(("[", "{")):
             # A cron line or "@daily" is not valid YAML, but the user plainly means the text.

@@ -390,6 +390,61 @@ BAD: list[tuple[str, str, list[str], str]] = [
         "expected a finite number",
     ),
     (
+        "recursive-alias",
+        edit(("name: jets", "name: &r [*r]")),
+        [],
+        "jobs/x.yaml:1: name[0]: a YAML alias (*name) refers to a node that contains it, "
+        "which never ends; write the value out",
+    ),
+    (
+        "nesting-20000-deep",
+        BASE + "x: " + "[" * 20_000 + "]" * 20_000 + "\n",
+        [],
+        "jobs/x.yaml:19: the document nests more than 64 levels deep; a job is a few levels "
+        "deep, so flatten it",
+    ),
+    (
+        "integer-of-5000-digits",
+        edit(("epochs: 3", "epochs: " + "9" * 5000)),
+        [],
+        "jobs/x.yaml:18: a number of 5000 characters; numbers in a job have at most 100, so "
+        "check this value",
+    ),
+    (
+        "recursive-alias-in-override",
+        BASE,
+        ["train.epochs=&a [*a]"],
+        'override "train.epochs=&a [*a]": train.epochs: [0]: a YAML alias (*name) refers to a '
+        "node that contains it, which never ends; write the value out",
+    ),
+    (
+        "yes-is-not-a-number",
+        edit(("epochs: 3", "epochs: yes")),
+        [],
+        "jobs/x.yaml:18: train.epochs: got true; expected an integer",
+    ),
+    (
+        "on-is-not-a-number-in-an-override",
+        BASE,
+        ["train.grad_clip=on"],
+        'override "train.grad_clip=on": train.grad_clip: got true; expected a number',
+    ),
+    (
+        "duplicate-columns",
+        edit(("columns: [pt, eta, phi]", "columns: [pt, eta, pt, phi]")),
+        [],
+        'jobs/x.yaml:7: data.elements.columns: got ["pt", "eta", "pt", "phi"]; each column may '
+        "appear once; duplicated: pt (2 times); remove the repeats",
+    ),
+    (
+        "unset-variable-in-override",
+        BASE,
+        ["train.epochs=${SETPIPE_TEST_ROOT}"],
+        'override "train.epochs=${SETPIPE_TEST_ROOT}": train.epochs: environment variable '
+        "SETPIPE_TEST_ROOT is not set; export SETPIPE_TEST_ROOT=... or write "
+        "${SETPIPE_TEST_ROOT:-default}",
+    ),
+    (
         "overrides-all-reported",
         BASE,
         ["train.epochz=3", "modle.task=rank"],
@@ -472,6 +527,29 @@ def test_interpolated_number_is_typed_by_the_model(
     monkeypatch.setenv("SETPIPE_TEST_ROOT", "7")
     job = load_job(write(edit(("epochs: 3", "epochs: ${SETPIPE_TEST_ROOT}"))))
     assert job.train.epochs == 7
+
+
+def test_override_values_are_interpolated(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SETPIPE_TEST_ROOT", "5")
+    job = load_job(write(BASE), ["train.epochs=${SETPIPE_TEST_ROOT}", "data.train=$${HOME}/x"])
+    assert job.train.epochs == 5
+    assert job.data.train == "${HOME}/x"
+
+
+def test_a_file_that_never_ends_or_is_huge_is_refused_quickly(in_tmp: Path) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_job("/dev/zero")
+    assert str(caught.value) == (
+        "/dev/zero: larger than 256 KiB; a job file is a few KB of YAML (data goes in Parquet "
+        "files the job names), so check the path"
+    )
+    # 120,001 list items in 240 KB: refused while parsing, not after minutes of it.
+    with pytest.raises(SpecError) as caught:
+        load_job(write(BASE + "x: [" + "1," * 120_000 + "1]\n"))
+    assert str(caught.value) == (
+        "jobs/x.yaml:19: more than 20000 values; a job names its data and settings, not the "
+        "data itself, so check what this file is"
+    )
 
 
 def test_overrides_are_typed(in_tmp: Path) -> None:
