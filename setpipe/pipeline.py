@@ -1,21 +1,25 @@
 """The whole run on one page: spec → data → transforms → MLflow run → train → model → registry.
 
-Re-running a job name: <workdir>/runs/<name>/state.json keeps the MLflow run id, the Ray
-run name and the status of the last attempt. An attempt that did not finish (a crash,
-or more worker failures than train.max_failures) is resumed by the next `setpipe run`:
-the same MLflow run is reopened and training continues from its last checkpoint. After
-a FINISHED attempt, a re-run is a retrain: a new MLflow run and a new Ray run
-(<name>-<run id prefix>), so a finished model is never silently "resumed" into a no-op.
+``train(job)`` is the first half (read, fit the transforms, train on Ray Train) without
+MLflow: what benchmarks and experiments call. ``run(job)`` wraps it in an MLflow run, logs
+the model, registers it and gates the alias. Whether a re-run of a job name resumes its
+last unfinished attempt or starts a new run is ``setpipe.attempts``' rule (the same job
+only; ``resume="fresh"`` never, ``resume="resume"`` insists).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from setpipe import attempts
 from setpipe.spec.models import JobSpec
+
+if TYPE_CHECKING:
+    from setpipe.data.batch import SetBatch
+    from setpipe.data.transforms import FittedTransforms
+    from setpipe.train.trainer import TrainOutcome
 
 
 @dataclass
@@ -35,22 +39,23 @@ class RunSummary:
     """The champion's output on the first test set (loaded back from the registry)."""
 
 
-def _state_path(job: JobSpec) -> Path:
-    return Path(job.workdir).resolve() / "runs" / job.name / "state.json"
+@dataclass
+class Inputs:
+    """What training reads: the splits as Ray Datasets, the fitted transforms, an example."""
+
+    datasets: dict[str, Any]
+    """train / validation / test -> ray.data.Dataset (None where the job has no such split)."""
+    transforms: FittedTransforms
+    example: SetBatch
+    """The first 4 sets of test (else validation, else train) in file order, raw."""
 
 
-def _write_state(job: JobSpec, **state: str) -> None:
-    path = _state_path(job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state, indent=1) + "\n")
-
-
-def _previous_unfinished(job: JobSpec) -> dict[str, str] | None:
-    path = _state_path(job)
-    if not path.exists():
-        return None
-    state = json.loads(path.read_text())
-    return None if state.get("status") == "FINISHED" else state
+@dataclass
+class Trained:
+    inputs: Inputs
+    outcome: TrainOutcome
+    ray_run: Path
+    """The Ray run directory: checkpoints, and what a re-run under the same name resumes."""
 
 
 def connect(address: str | None) -> None:
@@ -74,59 +79,100 @@ def _first_sets(datasets: dict[str, Any], count: int) -> Any:
     prediction on a different set.
     """
     source = datasets["test"] or datasets["validation"] or datasets["train"]
-    # A derived Dataset shares its parent's context; a deep copy keeps the ordering
-    # to this small read instead of slowing the split's own passes.
-    ordered = type(source).copy(source.limit(count), _deep_copy=True)
-    ordered.context.execution_options.preserve_order = True
-    return ordered.take_batch(count, batch_format="pyarrow")
+    # A derived Dataset shares its parent's context: order is kept for this small read
+    # only, then put back, so the split's own passes stay unordered (faster).
+    options = source.context.execution_options
+    kept, options.preserve_order = options.preserve_order, True
+    try:
+        return source.limit(count).take_batch(count, batch_format="pyarrow")
+    finally:
+        options.preserve_order = kept
 
 
-def run(job: JobSpec, *, address: str | None = None, progress: bool = True) -> RunSummary:
+def read_inputs(job: JobSpec, *, address: str | None = None) -> Inputs:
+    """Join (or start) Ray, open the three splits, fit the transforms in one streaming pass."""
     from setpipe.data import fit_transforms, read_dataset, table_to_batch
-    from setpipe.tracking.mlflow_run import (
-        close_run,
-        log_epoch,
-        log_model,
-        open_run,
-        tracking_uri_for,
-    )
-    from setpipe.tracking.pyfunc import load_set_model
-    from setpipe.tracking.registry import register_and_gate
-    from setpipe.train import fit
+    from setpipe.data.reading import check_labels
 
     connect(address or job.cluster.address)
-    datasets = {split: read_dataset(job.data, split) for split in ("train", "validation", "test")}
+    check_labels(job.data, job.model)  # a bad label in any split stops the run here
+    splits = ("train", "validation", "test")
+    datasets = {split: read_dataset(job.data, split, model=job.model) for split in splits}
     transforms = fit_transforms(job.data, datasets["train"])
-    example = table_to_batch(_first_sets(datasets, 4), job.data)
+    return Inputs(datasets, transforms, table_to_batch(_first_sets(datasets, 4), job.data))
 
-    previous = _previous_unfinished(job)
-    run_id = open_run(job, run_id=previous["run_id"] if previous else None)
-    ray_run = previous["ray_run"] if previous else f"{job.name}-{run_id[:8]}"
-    _write_state(job, run_id=run_id, ray_run=ray_run, status="RUNNING")
+
+def train(
+    job: JobSpec,
+    *,
+    address: str | None = None,
+    progress: bool = True,
+    inputs: Inputs | None = None,
+    run_id: str | None = None,
+    ray_run: str | None = None,
+) -> Trained:
+    """Train ``job`` on Ray Train and return the outcome; nothing is registered.
+
+    ``run_id``: the MLflow run rank 0 logs each epoch to (None: no MLflow at all).
+    ``ray_run``: the Ray run name under ``<workdir>/ray_results`` (default: the job's name);
+    a name that has checkpoints resumes from the latest.
+    """
+    from functools import partial
+
+    from setpipe.tracking.mlflow_run import log_epoch
+    from setpipe.tracking.store import tracking_uri_for
+    from setpipe.train import fit
+
+    inputs = inputs or read_inputs(job, address=address)
     storage = Path(job.workdir).resolve() / "ray_results"
+    name = ray_run or job.name
+    outcome = fit(
+        job,
+        # The store is resolved here, on the driver: a worker's cwd and environment differ.
+        log_epoch=partial(log_epoch, run_id, tracking_uri_for(job)) if run_id else None,
+        storage_path=storage,
+        run_name=name,
+        transforms=inputs.transforms,
+        datasets=inputs.datasets,
+        progress=progress,
+    )
+    return Trained(inputs, outcome, storage / name)
+
+
+def run(
+    job: JobSpec,
+    *,
+    address: str | None = None,
+    progress: bool = True,
+    resume: attempts.ResumeMode = "auto",
+) -> RunSummary:
+    """Train, track, register and gate ``job``: the whole of ``setpipe run``."""
+    from setpipe.tracking.mlflow_run import close_run, log_epoch, log_model, open_run
+    from setpipe.tracking.pyfunc import load_set_model
+    from setpipe.tracking.registry import register_and_gate
+    from setpipe.tracking.store import tracking_uri_for
+
+    attempt = attempts.choose(job, resume)
+    inputs = read_inputs(job, address=address)
+    run_id = open_run(job, run_id=attempt.run_id)
+    ray_run = attempt.ray_run or f"{job.name}-{run_id[:8]}"
+    attempts.record(job, run_id=run_id, ray_run=ray_run, status="RUNNING")
     if progress:
-        verb = "resuming" if previous else "starting"
-        print(f"{verb} MLflow run {run_id} (Ray run {storage / ray_run})", flush=True)
+        print(f"{attempt.note}: MLflow run {run_id}, Ray run {ray_run}", flush=True)
     try:
-        outcome = fit(
-            job,
-            run_id=run_id,
-            storage_path=storage,
-            run_name=ray_run,
-            transforms=transforms,
-            datasets=datasets,
-            progress=progress,
-        )
-        last_epoch = outcome.history[-1]["epoch"]
+        trained = train(job, progress=progress, inputs=inputs, run_id=run_id, ray_run=ray_run)
+        outcome = trained.outcome
         if outcome.test_metrics:
-            log_epoch(run_id, job, last_epoch, outcome.test_metrics)
+            log_epoch(
+                run_id, tracking_uri_for(job), outcome.history[-1]["epoch"], outcome.test_metrics
+            )
         logged_uri = log_model(
             run_id,
             job,
             outcome.state_dict,
-            transforms,
+            inputs.transforms,
             outcome.history,
-            example,
+            inputs.example,
             validation=outcome.val_predictions,
         )
         metric, _ = job.promotion
@@ -134,10 +180,10 @@ def run(job: JobSpec, *, address: str | None = None, progress: bool = True) -> R
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         close_run(run_id, status)
-        _write_state(job, run_id=run_id, ray_run=ray_run, status=status)
+        attempts.record(job, run_id=run_id, ray_run=ray_run, status=status)
         raise
     close_run(run_id, "FINISHED")
-    _write_state(job, run_id=run_id, ray_run=ray_run, status="FINISHED")
+    attempts.record(job, run_id=run_id, ray_run=ray_run, status="FINISHED")
 
     tracking_uri = tracking_uri_for(job)
     champion = load_set_model(f"models:/{job.model_name}@{job.tracking.alias}", tracking_uri)
@@ -150,10 +196,10 @@ def run(job: JobSpec, *, address: str | None = None, progress: bool = True) -> R
         metrics=last_train | outcome.val_metrics | outcome.test_metrics,
         artifacts={
             "tracking_uri": tracking_uri,
-            "ray_run": str(storage / ray_run),
-            "state": str(_state_path(job)),
+            "ray_run": str(trained.ray_run),
+            "state": str(attempts.state_path(job)),
             "logged_model": logged_uri,
         },
         resumed_from_epoch=outcome.start_epoch,
-        prediction=champion.predict_batch(example.select([0]))[0],
+        prediction=champion.predict_batch(inputs.example.select([0]))[0],
     )

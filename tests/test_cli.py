@@ -130,3 +130,23 @@ def test_validate_missing_file_exits_1(tmp_path: Path) -> None:
         1,
         "nope.yaml: no such file; give the path of a job YAML\n",
     )
+
+
+def test_overrides_may_follow_flags() -> None:
+    quickstart = "jobs/quickstart.yaml"
+    result = setpipe("validate", quickstart, "--print", "train.epochs=7", "train.seed=3")
+    assert result.returncode == 0, result.stderr
+    assert "  epochs: 7\n" in result.stdout and "  seed: 3\n" in result.stdout
+
+
+def test_an_unknown_flag_shows_the_subcommand_usage() -> None:
+    result = setpipe("run", "jobs/quickstart.yaml", "--bogus")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: setpipe run ")
+    assert result.stderr.endswith("setpipe run: error: unrecognized arguments: --bogus\n")
+
+
+def test_run_takes_fresh_or_resume_not_both() -> None:
+    result = setpipe("run", "jobs/quickstart.yaml", "--fresh", "--resume")
+    assert result.returncode == 2
+    assert "argument --resume: not allowed with argument --fresh" in result.stderr

@@ -21,7 +21,7 @@ LAYERS = [
     ("setpipe.models",),
     ("setpipe.train",),
     ("setpipe.tracking",),
-    ("setpipe.pipeline",),
+    ("setpipe.pipeline", "setpipe.attempts"),
     ("setpipe.serve",),
     ("setpipe.jobs",),
     ("setpipe.commands", "setpipe.cli", "setpipe.__main__", "setpipe"),

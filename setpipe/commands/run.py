@@ -20,6 +20,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workdir", default=None, help="where runs, checkpoints and MLflow live (job.workdir)"
     )
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--fresh",
+        dest="resume",
+        action="store_const",
+        const="fresh",
+        default="auto",
+        help="start a new run even if the job's last attempt did not finish",
+    )
+    resume.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_const",
+        const="resume",
+        help="resume the job's unfinished attempt, or fail saying why it cannot "
+        "(default: resume it only if the job is unchanged, else start a new run)",
+    )
 
 
 def _summary(summary) -> str:  # summary: setpipe.pipeline.RunSummary
@@ -56,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
     if args.workdir is not None:
         overrides.append(f"workdir={args.workdir}")
     job = load_job(args.job, overrides)
-    summary = pipeline.run(job, address=args.address, progress=not args.quiet)
+    summary = pipeline.run(job, address=args.address, progress=not args.quiet, resume=args.resume)
     print(_summary(summary), flush=True)
     return 0
