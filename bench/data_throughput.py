@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pyarrow.parquet as pq
+from _common import start_ray
 
 COLUMNS = ["part_pt", "part_eta", "part_phi", "part_pid"]
 JETS_PER_FILE = 50_000
@@ -215,16 +216,8 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     import ray
-    import ray.data
 
-    ray.init(
-        object_store_memory=args.object_store_mb * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    start_ray(object_store_memory=args.object_store_mb * 1024**2)
 
     # Limit and setpipe passes alternate, and each steady ratio pairs the two of one round:
     # load on these machines drifts by 2x within a minute. The RESULT's vs_limit_steady is

@@ -20,7 +20,6 @@ RESULT deepsets_auc=... umbc_auc=... set_transformer_auc=... multiplicity_auc=..
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, result_line, start_ray
 
 ENCODERS = {
     # PFN of Komiske et al.: Phi (100, 100, 256), F (100, 100, 100); sum pooling.
@@ -94,21 +91,10 @@ def multiplicity_auc(job) -> float:  # job: JobSpec
 
 
 def train_one(job) -> tuple[float, dict]:  # -> (test AUC, info)
-    from setpipe.data import fit_transforms, read_dataset
-    from setpipe.train import fit
+    from setpipe.pipeline import train
 
     started = time.monotonic()
-    datasets = {s: read_dataset(job.data, s) for s in ("train", "validation", "test")}
-    transforms = fit_transforms(job.data, datasets["train"])
-    outcome = fit(
-        job,
-        run_id=None,
-        storage_path=Path(job.workdir) / "ray_results",
-        run_name=job.name,
-        transforms=transforms,
-        datasets=datasets,
-        progress=True,
-    )
+    outcome = train(job).outcome
     info = {
         "epochs": len(outcome.history),
         "best_epoch": outcome.best_epoch + 1 if outcome.best_epoch is not None else None,
@@ -128,7 +114,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
-    import ray.data
 
     tmp = Path(tempfile.mkdtemp(prefix="setpipe-qg-"))
     data = args.data
@@ -141,8 +126,7 @@ def main() -> None:
         data = str(sorted(Path(data).glob("*.parquet"))[0])  # one file: 2000 jets
     epochs = 2 if args.quick else args.epochs
 
-    ray.init(include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray()
     results: dict[str, float] = {}
     names = args.models.split(",")
     for name in names:
@@ -155,8 +139,7 @@ def main() -> None:
         results[name] = auc
         print(f"== {name}: test AUC {auc:.4f}  {info}", flush=True)
     ray.shutdown()
-    figures = " ".join(f"{n}_auc={results[n]:.4f}" for n in [*names, "multiplicity"])
-    print(f"RESULT {figures}")
+    print(result_line({f"{n}_auc": round(results[n], 4) for n in [*names, "multiplicity"]}))
 
 
 if __name__ == "__main__":

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _common import REPO, rss_mb, start_ray
 from _http_load import LoadStats, run_load
 
 from setpipe._net import free_port
 from setpipe.serve.ingress import DEFAULT_INGRESS, INGRESSES, use_local_ingress
 
-REPO = Path(__file__).resolve().parents[1]
 FEATURES = ["part_pt", "part_eta", "part_phi", "part_pid"]
 
 
@@ -79,14 +79,6 @@ def train_model(root: Path) -> tuple[str, str]:
     )
     summary = run(job, progress=False)
     return summary.model_uri, f"sqlite:///{(root / 'work').resolve() / 'mlflow.db'}"
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def ingress_pid(ingress: str) -> int:
@@ -186,12 +178,10 @@ def main() -> int:
     from ray import serve
 
     from setpipe.serve.app import ServeConfig, start
-    from setpipe.tracking.registry import resolve
+    from setpipe.tracking.store import resolve
 
     tmp = Path(tempfile.mkdtemp(prefix="setpipe-bench-"))
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    ctx = __import__("ray.data", fromlist=["DataContext"]).DataContext.get_current()
-    ctx.enable_progress_bars = False
+    start_ray(num_cpus=4)
     if args.model_uri:
         model_uri, tracking_uri = args.model_uri, args.tracking_uri
     else:

@@ -17,7 +17,6 @@ RESULT vs_plain=<setpipe / plain> sets_per_s=<setpipe> plain_sets_per_s=<plain>
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+from _common import result_line, start_ray
 
 BUDGET = 4096
 
@@ -152,35 +150,24 @@ def main() -> None:
     epochs = args.epochs or (2 if args.quick else 3)
 
     import ray
-    import ray.data
 
-    from setpipe.data import fit_transforms, read_dataset
-    from setpipe.train import fit
+    from setpipe.pipeline import read_inputs, train
 
     with tempfile.TemporaryDirectory(prefix="setpipe-bench-") as tmp:
         root = Path(tmp) / "jets"
         write_jets(root, sets)
         job = job_for(root, Path(tmp) / "work", epochs)
         files = sorted(root.glob("*.parquet"))
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        train = read_dataset(job.data, "train")
-        transforms = fit_transforms(job.data, train)
+        start_ray(num_cpus=4)
+        inputs = read_inputs(job)
+        transforms = inputs.transforms
         # The plain loop runs before and after setpipe and the two rates are averaged, so a
         # change in load from other processes during the run tilts neither side.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         plain_before = plain_loop(job, transforms, files, epochs)
         torch.set_num_threads(threads)
-        outcome = fit(
-            job,
-            run_id=None,
-            storage_path=Path(tmp) / "work" / "ray_results",
-            run_name="throughput",
-            transforms=transforms,
-            datasets={"train": train},
-            progress=False,
-        )
+        outcome = train(job, inputs=inputs, progress=False).outcome
         ray.shutdown()
         setpipe_rate = outcome.history[-1]["train_sets_per_s"]
         torch.set_num_threads(1)
@@ -192,10 +179,8 @@ def main() -> None:
         f"plain PyTorch loop (pyarrow):     {plain_rate:.0f} sets/s "
         f"(before {plain_before:.0f}, after {plain_after:.0f})"
     )
-    print(
-        f"RESULT vs_plain={setpipe_rate / plain_rate:.3f} sets_per_s={setpipe_rate:.0f} "
-        f"plain_sets_per_s={plain_rate:.0f}"
-    )
+    figures = {"vs_plain": round(setpipe_rate / plain_rate, 3), "sets_per_s": round(setpipe_rate)}
+    print(result_line(figures | {"plain_sets_per_s": round(plain_rate)}))
 
 
 if __name__ == "__main__":
