@@ -88,7 +88,6 @@ class StrictModel(BaseModel):
         return data
 
 
-
 # --------------------------------------------------------------------------- data
 
 Source = Annotated[
