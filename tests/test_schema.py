@@ -74,3 +74,29 @@ def test_schema_command_check(tmp_path: Path) -> None:
         1,
         f"{out}: differs from the job models; regenerate it with `setpipe schema --output {out}`\n",
     )
+
+
+def test_schema_command_never_overwrites_a_users_file(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n", encoding="utf-8")
+    refused = setpipe("schema", "--output", str(notes), cwd=tmp_path)
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        f"error: --output {notes}: exists and is not a setpipe job schema; refusing to "
+        "overwrite it. Choose another path, or pass --overwrite to replace it\n",
+    )
+    assert notes.read_text(encoding="utf-8") == "my notes\n"
+    forced = setpipe("schema", "--output", str(notes), "--overwrite", cwd=tmp_path)
+    assert forced.returncode == 0 and notes.read_text(encoding="utf-8") == job_schema_text()
+    # An older schema of its own is regenerated without asking.
+    old = json.loads(job_schema_text())
+    old["$defs"].pop("ModelSpec")
+    notes.write_text(json.dumps(old), encoding="utf-8")
+    assert setpipe("schema", "--output", str(notes), cwd=tmp_path).returncode == 0
+    assert notes.read_text(encoding="utf-8") == job_schema_text()
+    directory = setpipe("schema", "--output", str(tmp_path), cwd=tmp_path)
+    assert (directory.returncode, directory.stderr) == (
+        1,
+        f"error: --output {tmp_path}: is a directory; give a file path, e.g. "
+        f"{tmp_path / 'job.schema.json'}\n",
+    )
