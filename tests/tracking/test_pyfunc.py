@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
@@ -192,3 +193,40 @@ def test_pyfunc_rejects_wrong_features(workdir: Path, store: str) -> None:
 def test_load_set_model_errors(workdir: Path, store: str) -> None:
     with pytest.raises(ModelError, match=r"^cannot load model 'models:/m-0123' from sqlite:///"):
         load_set_model("models:/m-0123", store)
+
+
+def test_logging_a_model_leaves_mlflows_global_state_alone(
+    workdir: Path, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model goes to the job's store, through MlflowClient only: the process's tracking
+    URI (here a store that cannot even be opened) is neither used nor changed."""
+    import mlflow
+
+    elsewhere = f"sqlite:///{tmp_path}/no-such-dir/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
+    job = make_job(workdir, "classify", tracking_uri=store)
+    raw = raw_batch(job, SIZES)
+    run_id = open_run(job)
+    uri = log_model(run_id, job, trained_state(job), fitted(job, raw), HISTORY, raw)
+    close_run(run_id, "FINISHED")
+    assert os.environ["MLFLOW_TRACKING_URI"] == elsewhere
+    assert mlflow.get_tracking_uri() == elsewhere
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert not mlflow.is_tracking_uri_set()  # no global URI was left pinned
+    assert not (tmp_path / "no-such-dir").exists()
+
+    client = MlflowClient(store)
+    logged = client.get_logged_model(uri.removeprefix("models:/"))
+    assert str(logged.status) == "READY"
+    assert logged.source_run_id == run_id
+    outputs = client.get_run(run_id).outputs.model_outputs
+    assert [(o.model_id, o.step) for o in outputs] == [(logged.model_id, 0)]
+    local = Path(_local(uri, store))
+    assert sorted(p.name for p in local.iterdir() if p.name != "code") == [
+        "MLmodel", "_pyfunc_model.py", "artifacts", "conda.yaml", "input_example.json",
+        "python_env.yaml", "requirements.txt", "serving_input_example.json",
+    ]  # fmt: skip
+    assert not list(local.rglob("__pycache__"))
+    assert load_set_model(uri, store).predict_batch(raw) == load_set_model(
+        str(local)
+    ).predict_batch(raw)
