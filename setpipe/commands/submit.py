@@ -31,12 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from setpipe.jobs.submit import JobsClient, submission_id_for
+    from setpipe.jobs.submit import JobsClient, check_durable_paths, submission_id_for
 
     job = load_job(args.job, args.overrides)
+    check_durable_paths(job)  # before contacting the cluster: the mistake is the job's
     client = JobsClient(args.address)
     submission_id = client.submit(job, args.id or submission_id_for(job))
     print(f"submitted {submission_id} to {client.address}")
+    print(f"  runs, checkpoints and the default MLflow store go to {job.workdir} on the cluster")
     if not args.follow:
         print(f"  setpipe jobs logs {submission_id} --follow --address {client.address}")
         return 0

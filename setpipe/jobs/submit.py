@@ -131,6 +131,33 @@ def runtime_env_for(job: JobSpec, working_dir: Path) -> dict[str, Any]:
     return env
 
 
+def check_durable_paths(job: JobSpec) -> None:
+    """A submitted job runs in Ray's temporary working_dir on the cluster, deleted when the
+    job ends: a relative workdir (MLflow store, registry, checkpoints) or data path would
+    resolve inside it. JobError naming each such path and the fix."""
+    from setpipe.data.fingerprint import data_sources
+
+    def relative(path: str) -> bool:
+        return "://" not in path and not path.startswith(("/", "~"))
+
+    problems = []
+    if relative(job.workdir):
+        problems.append(
+            f"workdir is {job.workdir!r}: on the cluster it would be inside Ray's temporary "
+            "working directory and lost with the job (the MLflow store, the registry and the "
+            "checkpoints with it); give an absolute path on storage the cluster keeps, e.g. "
+            "workdir=/mnt/shared/setpipe"
+        )
+    problems += [
+        f"data source {source!r} is relative: the cluster resolves it inside Ray's temporary "
+        "working directory; give an absolute path or an s3:// / gs:// URI"
+        for source in data_sources(job.data)
+        if relative(source)
+    ]
+    if problems:
+        raise JobError(f"{job.name}: cannot submit: " + "; ".join(problems))
+
+
 def run_entrypoint() -> str:
     return f"python -m setpipe run {JOB_FILE}"
 
@@ -176,6 +203,7 @@ class JobsClient:
 
         Raises DuplicateSubmission when the cluster already knows ``submission_id``.
         """
+        check_durable_paths(job)
         staging = Path(tempfile.mkdtemp(prefix="setpipe-submit-"))
         try:
             (staging / JOB_FILE).write_text(dump_job(job), encoding="utf-8")

@@ -112,6 +112,39 @@ def test_unreachable_address_names_the_fix() -> None:
     )
 
 
+def test_a_relative_workdir_or_data_path_is_refused_before_submitting(
+    job_file: Path, tmp_path: Path
+) -> None:
+    """On the cluster a relative path lands in Ray's temporary working_dir, deleted with the
+    job: the MLflow store, the registry and the checkpoints would be lost."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "setpipe",
+            "submit",
+            str(job_file),
+            "workdir=.setpipe",
+            "data.train=d.parquet",
+            "--address",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: hello: cannot submit: workdir is '.setpipe': on the cluster it would be inside "
+        "Ray's temporary working directory and lost with the job (the MLflow store, the "
+        "registry and the checkpoints with it); give an absolute path on storage the cluster "
+        "keeps, e.g. workdir=/mnt/shared/setpipe; data source 'd.parquet' is relative: the "
+        "cluster resolves it inside Ray's temporary working directory; give an absolute path "
+        "or an s3:// / gs:// URI\n"
+    )
+
+
 # ---------------------------------------------------------------- against the head
 
 
