@@ -83,3 +83,23 @@ def test_orjson_path_refuses_what_the_numpy_path_refuses(values: str, message: s
     with pytest.raises(BadRequest) as err:
         parse_request(raw, JOB, Limits())
     assert (err.value.status, str(err.value)) == (422, message)
+
+
+def test_one_request_format_below_the_pyfunc_and_the_server() -> None:
+    """The pyfunc's type hint and the server's body model are the one SetInput, and the
+    module that defines it loads without torch, MLflow, Ray or the serving code."""
+    import subprocess
+    import sys
+
+    from setpipe.data.request import SetInput
+    from setpipe.serve.schema import PredictRequest
+    from setpipe.tracking.pyfunc import SetPyfunc
+
+    assert PredictRequest.model_fields["sets"].annotation == list[SetInput]
+    assert SetPyfunc.predict.__annotations__["model_input"] in ("list[SetInput]", list[SetInput])
+    code = (
+        "import sys, setpipe.data.request; print(sorted(m for m in sys.modules if m in "
+        "('torch', 'mlflow', 'ray') or m.startswith(('setpipe.serve', 'setpipe.tracking'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
