@@ -90,13 +90,14 @@ def test_one_request_format_below_the_pyfunc_and_the_server() -> None:
     module that defines it loads without torch, MLflow, Ray or the serving code."""
     import subprocess
     import sys
+    from typing import get_type_hints
 
     from setpipe.data.request import SetInput
     from setpipe.serve.schema import PredictRequest
     from setpipe.tracking.pyfunc import SetPyfunc
 
     assert PredictRequest.model_fields["sets"].annotation == list[SetInput]
-    assert SetPyfunc.predict.__annotations__["model_input"] in ("list[SetInput]", list[SetInput])
+    assert get_type_hints(SetPyfunc.predict)["model_input"] == list[SetInput]
     code = (
         "import sys, setpipe.data.request; print(sorted(m for m in sys.modules if m in "
         "('torch', 'mlflow', 'ray') or m.startswith(('setpipe.serve', 'setpipe.tracking'))))"
