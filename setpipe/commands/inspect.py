@@ -1,9 +1,11 @@
 """`setpipe inspect JOB.yaml [KEY=VALUE ...]`: describe a job's data as the pipeline reads it.
 
 The first thing to run on new data. Bad rows are counted by kind (never fatal here,
-whatever ``data.on_bad_row`` says) and the first one is worded as training would word
-it; statistics are taken on the rows that remain, after the job's feature transforms
-(standardize is fitted in a first pass, as training fits it).
+whatever ``data.on_bad_row`` says; labels checked against the job's task, and sets that a
+feature transform makes non-finite among them) and the first one is worded as training
+would word it; statistics are taken on the rows that remain, after the job's feature
+transforms (standardize is fitted in a first pass on those rows, as training fits it). A
+file that cannot be read is an error.
 """
 
 from __future__ import annotations
@@ -84,37 +86,67 @@ class Survey:
 def survey(job: Any, split: str) -> tuple[Survey, Any]:
     """One pass over the data (two with standardize): sizes, feature stats, bad rows."""
     from setpipe.data import fit_transforms, read_dataset, table_to_batch
-    from setpipe.data.bad_rows import bad_row_mask, find_problems, recheck_file
+    from setpipe.data.bad_rows import (
+        LabelRule,
+        bad_row_error,
+        bad_row_mask,
+        find_problems,
+        unreadable_error,
+    )
     from setpipe.data.convert import set_sizes
-    from setpipe.data.layout import PATH_COLUMN
+    from setpipe.data.layout import PATH_COLUMN, ROW_COLUMN
     from setpipe.data.reading import iter_tables
     from setpipe.errors import DataError
 
     spec = job.data
-    ds = read_dataset(spec, split)  # type: ignore[arg-type]
+    ds = read_dataset(spec, split, model=job.model)  # type: ignore[arg-type]
     if ds is None:
         raise DataError(f"{job.name}: data.{split} is not set; there is nothing to inspect")
     # Fit on the good rows whatever on_bad_row says: inspect reports bad rows, it does not stop.
     transforms = fit_transforms(spec.model_copy(update={"on_bad_row": "skip"}), ds)
+    labels = LabelRule.of(job.model)
     out = Survey(features={name: FeatureStats() for name in transforms.feature_names})
     started = time.perf_counter()
+
+    def note(table: pa.Table, problems: list[Any]) -> np.ndarray:
+        """Count ``problems`` by kind; word the first bad row seen; the bad rows' mask."""
+        mask = bad_row_mask(problems, table.num_rows)
+        out.bad_rows += int(mask.sum())
+        for p in problems:
+            out.bad[p.kind] += int(p.rows.sum())
+        if out.first_bad is None:
+            row = int(np.argmax(mask))
+            path = str(table.column(PATH_COLUMN)[row])
+            where = table.column(ROW_COLUMN)[row].as_py()
+            problem = next(p for p in problems if p.rows[row])
+            what = problem.describe(row)
+            # Worded as training words it: a transform's words carry their own fix.
+            out.first_bad = (
+                f"{path} row {where}: {what}"
+                if problem.kind == "transform"
+                else str(bad_row_error(path, where, what))
+            )
+        return mask
+
     for table in iter_tables(ds):
-        problems = find_problems(table, spec)
+        unreadable = unreadable_error(table)
+        if unreadable is not None:
+            raise unreadable
+        problems = find_problems(table, spec, labels)
         if problems:
-            mask = bad_row_mask(problems, table.num_rows)
-            out.bad_rows += int(mask.sum())
-            for p in problems:
-                out.bad[p.kind] += int(p.rows.sum())
-            if out.first_bad is None:
-                row = int(np.argmax(mask))
-                path = str(table.column(PATH_COLUMN)[row])
-                err = recheck_file(path, spec)
-                out.first_bad = str(err) if err else f"{path}: {problems[0].describe(row)}"
-            table = table.filter(pa.array(~mask))
+            table = table.filter(pa.array(~note(table, problems)))
         if not table.num_rows:
             continue
+        raw = table_to_batch(table, spec)
+        batch = transforms.apply(raw)
+        if not np.isfinite(batch.values.numpy()).all():
+            problem = transforms.nonfinite_rows(raw)
+            if problem is not None:
+                keep = ~note(table, [problem])
+                table, batch = table.filter(pa.array(keep)), batch.select(np.flatnonzero(keep))
+                if not table.num_rows:
+                    continue
         out.sizes.append(set_sizes(table, spec))
-        batch = transforms.apply(table_to_batch(table, spec))
         values = batch.values.numpy()
         for j, name in enumerate(transforms.feature_names):
             out.features[name].add(values[:, j])

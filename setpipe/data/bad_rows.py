@@ -1,37 +1,61 @@
-"""Bad rows: NaN/inf/null values, empty sets, unequal parallel lists, oversized sets.
+"""Bad rows: NaN/inf/null values, empty sets, unequal parallel lists, oversized sets, and
+labels that do not fit the job's task.
 
-Every check is vectorised over the flattened values and the list offsets; a Python
-loop touches only the first bad row, to word its message. With ``on_bad_row: error``
-the message names the file, the row (its index within the file), the column, what
-was found, what is expected, and the fix; with ``skip`` the rows are dropped and
-counted.
+Every check is vectorised over the flattened values and the list offsets; a Python loop
+runs over bad rows only, to word their messages (each in O(its own size)). With
+``on_bad_row: error`` the message names the file, the row (its index within the file),
+the column, what was found, what is expected, and the fix; with ``skip`` the rows are
+dropped and counted.
+
+Ray Data's read tasks run the checks (``RowCheck``) where the rows are read, in parallel,
+and hand each row's verdict along in ``BAD_COLUMN``; ``check_rows`` then only filters or
+raises. Torch-free: this module runs in the read tasks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from setpipe.data.convert import flat_children, list_sizes
-from setpipe.data.layout import PATH_COLUMN, element_columns, needed_columns
+from setpipe.data.layout import (
+    BAD_COLUMN,
+    PATH_COLUMN,
+    ROW_COLUMN,
+    element_columns,
+    flat_children,
+    list_sizes,
+)
 from setpipe.errors import DataError
-from setpipe.spec.models import DataSpec, ParallelLists, StructList, VectorList
+from setpipe.spec.models import DataSpec, ModelSpec, ParallelLists, StructList, VectorList
 
 FIX = "set data.on_bad_row: skip to drop such rows"
 
 
 @dataclass(frozen=True)
+class LabelRule:
+    """What a valid label is for the job's task (``model.task``, ``model.num_classes``)."""
+
+    task: Literal["classify", "regress", "rank"]
+    num_classes: int | None = None
+    """For classify: a label is a whole number in [0, num_classes)."""
+
+    @classmethod
+    def of(cls, model: ModelSpec) -> LabelRule:
+        return cls(model.task, model.num_classes)
+
+
+@dataclass(frozen=True)
 class Problem:
-    """One kind of bad row: which rows, and how to word the first of them."""
+    """One kind of bad row: which rows, and how to word any of them."""
 
     kind: str
-    """nonfinite | null | empty | unequal | oversize | vector_dim (for counts in inspect)."""
+    """nonfinite | null | empty | unequal | oversize | vector_dim | label | transform (for
+    counts in inspect)."""
     rows: np.ndarray
     """bool [rows]: the rows that have it."""
     describe: Callable[[int], str]
@@ -63,8 +87,8 @@ def _nonfinite_elements(
         rows = np.zeros(num_rows, dtype=bool)
         rows[_row_of(offsets, pos)] = True
 
-        def null_at(r: int, pos: np.ndarray = pos) -> str:
-            k = int(pos[_row_of(offsets, pos) == r][0] - offsets[r])
+        def null_at(r: int, mask: np.ndarray = null_mask) -> str:
+            k = int(np.argmax(mask[offsets[r] * width : offsets[r + 1] * width])) // width
             return f"{name} has a null at element {k}; expected a number"
 
         problems.append(Problem("null", rows, null_at))
@@ -79,8 +103,9 @@ def _nonfinite_elements(
             rows = np.zeros(num_rows, dtype=bool)
             rows[_row_of(offsets, pos)] = True
 
-            def nonfinite_at(r: int, flat_pos: np.ndarray = flat_pos) -> str:
-                first = flat_pos[_row_of(offsets, flat_pos // width) == r][0]
+            def nonfinite_at(r: int, bad: np.ndarray = bad) -> str:
+                start = offsets[r] * width
+                first = start + int(np.argmax(bad[start : offsets[r + 1] * width]))
                 k = int(first // width - offsets[r])
                 found = "NaN" if np.isnan(values[first]) else str(values[first])
                 return f"{name} has {found} at element {k}; expected finite values"
@@ -108,8 +133,82 @@ def _scalar_problems(table: pa.Table, name: str) -> list[Problem]:
     return problems
 
 
-def find_problems(table: pa.Table, spec: DataSpec) -> list[Problem]:
-    """Every kind of bad row in ``table``, in the order they are reported."""
+def _class_problems(table: pa.Table, name: str, num_classes: int) -> list[Problem]:
+    """Class ids that are fractional or outside [0, num_classes) (nulls, NaN: reported above)."""
+    col = table.column(name)
+    if pa.types.is_boolean(col.type):
+        return []  # 0 or 1, and num_classes is at least 2
+    values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = np.isfinite(values) & (
+            (values != np.floor(values)) | (values < 0) | (values >= num_classes)
+        )
+    if not bad.any():
+        return []
+
+    def not_a_class(r: int) -> str:
+        return (
+            f"{name} is {col[r].as_py()}; expected a class id, a whole number from 0 to "
+            f"{num_classes - 1} (model.num_classes: {num_classes})"
+        )
+
+    return [Problem("label", bad, not_a_class)]
+
+
+def _set_label_problems(table: pa.Table, spec: DataSpec, labels: LabelRule | None) -> list[Problem]:
+    if spec.label is None:
+        return []
+    problems = _scalar_problems(table, spec.label)
+    if labels is not None and labels.task == "classify" and labels.num_classes is not None:
+        problems += _class_problems(table, spec.label, labels.num_classes)
+    return problems
+
+
+def _element_label_problems(table: pa.Table, spec: DataSpec, sizes: np.ndarray) -> list[Problem]:
+    """A relevance list of another length than its set, or with null / non-finite values."""
+    if spec.element_label is None:
+        return []
+    el, first = spec.element_label, element_columns(spec)[0]
+    lab = list_sizes(table.column(el))
+    unequal = lab != sizes
+    if unequal.any():
+
+        def uneq_labels(r: int) -> str:
+            return (
+                f"{el} has {lab[r]} labels, {first} has {sizes[r]} elements; expected one "
+                "label per element"
+            )
+
+        return [Problem("unequal", unequal, uneq_labels)]
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return _nonfinite_elements(el, flat_children(table.column(el)), offsets, len(sizes))
+
+
+def label_columns(spec: DataSpec) -> list[str]:
+    """What ``label_problems`` reads: the labels, and the set sizes' column for a relevance list."""
+    if spec.element_label is not None:
+        return [element_columns(spec)[0], spec.element_label]
+    return [spec.label] if spec.label is not None else []
+
+
+def label_problems(table: pa.Table, spec: DataSpec, labels: LabelRule | None) -> list[Problem]:
+    """The label checks alone, on a table of ``label_columns`` (a cheap pass before training)."""
+    sizes = list_sizes(table.column(element_columns(spec)[0])) if spec.element_label else None
+    problems = _set_label_problems(table, spec, labels)
+    if sizes is not None:
+        problems += _element_label_problems(table, spec, sizes)
+    return [p for p in problems if p.rows.any()]
+
+
+def find_problems(
+    table: pa.Table, spec: DataSpec, labels: LabelRule | None = None
+) -> list[Problem]:
+    """Every kind of bad row in ``table``, in the order they are reported.
+
+    ``labels`` adds the task's label rule (class ids in range); without it a label only
+    has to be a finite number.
+    """
     n = table.num_rows
     layout = spec.elements
     cols = element_columns(spec)
@@ -144,19 +243,8 @@ def find_problems(table: pa.Table, spec: DataSpec) -> list[Problem]:
                     )
 
                 problems.append(Problem("unequal", unequal, uneq))
-    if spec.element_label is not None:
-        lab = list_sizes(table.column(spec.element_label))
-        unequal = lab != sizes
-        if unequal.any():
-            el = spec.element_label
-
-            def uneq_labels(r: int, lab: np.ndarray = lab) -> str:
-                return (
-                    f"{el} has {lab[r]} labels, {first} has {sizes[r]} elements; expected one "
-                    "label per element"
-                )
-
-            problems.append(Problem("unequal", unequal, uneq_labels))
+    element_label = _element_label_problems(table, spec, sizes)
+    problems += [p for p in element_label if p.kind == "unequal"]
     if spec.batch.max_set_size is not None:
         limit = spec.batch.max_set_size
         problems.append(
@@ -193,11 +281,10 @@ def find_problems(table: pa.Table, spec: DataSpec) -> list[Problem]:
                 rows[_row_of(offsets, pos)] = True
                 col, dim = layout.column, layout.dim
 
-                def wrong_dim(r: int, pos: np.ndarray = pos, inner: np.ndarray = inner) -> str:
-                    first_pos = pos[_row_of(offsets, pos) == r][0]
-                    k = int(first_pos - offsets[r])
+                def wrong_dim(r: int, wrong: np.ndarray = wrong, inner: np.ndarray = inner) -> str:
+                    k = int(np.argmax(wrong[offsets[r] : offsets[r + 1]]))
                     return (
-                        f"{col} element {k} has {inner[first_pos]} components; expected "
+                        f"{col} element {k} has {inner[offsets[r] + k]} components; expected "
                         f"{dim} (elements.dim)"
                     )
 
@@ -205,15 +292,10 @@ def find_problems(table: pa.Table, spec: DataSpec) -> list[Problem]:
         problems += _nonfinite_elements(
             layout.column, [f.flatten() for f in flat], offsets, n, layout.dim
         )
-    if spec.element_label is not None:
-        problems += _nonfinite_elements(
-            spec.element_label, flat_children(table.column(spec.element_label)), offsets, n
-        )
+    problems += [p for p in element_label if p.kind != "unequal"]
     for c in spec.context:
         problems += _scalar_problems(table, c)
-    if spec.label is not None:
-        problems += _scalar_problems(table, spec.label)
-    return problems
+    return problems + _set_label_problems(table, spec, labels)
 
 
 def bad_row_mask(problems: list[Problem], num_rows: int) -> np.ndarray:
@@ -238,38 +320,106 @@ def bad_row_error(source: str, row: int, what: str) -> DataError:
     return DataError(f"{source} row {row}: {what} ({FIX})")
 
 
+def describe_rows(problems: list[Problem], num_rows: int) -> pa.Array:
+    """string [rows]: null for a good row, else its first problem (in report order), worded."""
+    if not problems:
+        return pa.nulls(num_rows, pa.string())
+    text: list[str | None] = [None] * num_rows
+    for p in problems:
+        for r in np.flatnonzero(p.rows).tolist():
+            if text[r] is None:
+                text[r] = p.describe(r)
+    return pa.array(text, pa.string())
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """The bad-row check a read task runs on each table it reads (picklable)."""
+
+    spec: DataSpec
+    labels: LabelRule | None = None
+    labels_only: bool = False
+    """True for a table of ``label_columns`` only (the label pass before training)."""
+
+    def describe(self, table: pa.Table) -> pa.Array:
+        """``BAD_COLUMN`` of ``table``: null for a good row, else what is wrong with it."""
+        if self.labels_only:
+            problems = label_problems(table, self.spec, self.labels)
+        else:
+            problems = find_problems(table, self.spec, self.labels)
+        return describe_rows(problems, table.num_rows)
+
+
+def unreadable_error(table: pa.Table) -> DataError | None:
+    """The error of a reader row standing for a row group that could not be read, if any."""
+    if ROW_COLUMN not in table.column_names or not table.column(ROW_COLUMN).null_count:
+        return None
+    unreadable = np.asarray(pc.is_null(table.column(ROW_COLUMN)).to_numpy(zero_copy_only=False))
+    return DataError(str(table.column(BAD_COLUMN)[int(np.argmax(unreadable))]))
+
+
+def first_reader_error(table: pa.Table, mask: np.ndarray) -> DataError:
+    """The error for the first row of ``mask`` in a table the reader checked."""
+    unreadable = unreadable_error(table)
+    if unreadable is not None:
+        return unreadable
+    r = int(np.argmax(mask))
+    return bad_row_error(
+        str(table.column(PATH_COLUMN)[r]),
+        table.column(ROW_COLUMN)[r].as_py(),
+        str(table.column(BAD_COLUMN)[r]),
+    )
+
+
 def check_rows(
-    table: pa.Table, spec: DataSpec, source: str, *, first_row: int = 0
+    table: pa.Table,
+    spec: DataSpec,
+    source: str,
+    *,
+    first_row: int = 0,
+    labels: LabelRule | None = None,
 ) -> tuple[pa.Table, int]:
     """Apply ``spec.on_bad_row``: (the table without bad rows, how many were dropped).
 
-    ``source`` names where the rows came from and ``first_row`` is the index of the
-    table's first row in it. A table from ``read_dataset`` carries each row's file; its
-    rows may start anywhere in the file, so an error re-checks that file whole to name
-    the row's index within it.
+    A table from ``read_dataset`` was checked in its read task (with the label rule given
+    there) and names each row's file and index in it. Any other table is checked here:
+    ``source`` names where its rows came from, ``first_row`` is the index of its first row
+    there, and ``labels`` adds the task's label rule. A row group that could not be read is
+    an error whatever ``on_bad_row`` says.
     """
-    problems = find_problems(table, spec)
+    if BAD_COLUMN in table.column_names:
+        bad = table.column(BAD_COLUMN)
+        if bad.null_count == table.num_rows:
+            return table, 0
+        mask = np.asarray(pc.is_valid(bad).to_numpy(zero_copy_only=False))
+        unreadable = unreadable_error(table)
+        if unreadable is not None:
+            raise unreadable
+        if spec.on_bad_row == "error":
+            raise first_reader_error(table, mask)
+        return table.filter(pa.array(~mask)), int(mask.sum())
+    problems = find_problems(table, spec, labels)
     if not problems:
         return table, 0
     if spec.on_bad_row == "error":
         row, what = first_bad_row(problems)
-        if PATH_COLUMN in table.column_names:
-            path = str(table.column(PATH_COLUMN)[row])
-            raise recheck_file(path, spec) or bad_row_error(path, row, what)
         raise bad_row_error(source, first_row + row, what)
     mask = bad_row_mask(problems, table.num_rows)
     return table.filter(pa.array(~mask)), int(mask.sum())
 
 
-def recheck_file(path: str, spec: DataSpec) -> DataError | None:
-    """The error for the first bad row of the whole file at ``path`` (None if it has none)."""
-    if "://" in path:
-        fs, inner = pafs.FileSystem.from_uri(path)
+def drop_problem_rows(
+    table: pa.Table, problem: Problem, spec: DataSpec, source: str, *, first_row: int = 0
+) -> np.ndarray:
+    """bool [rows]: the rows of ``table`` without ``problem`` (a problem found after the
+    reader's checks, e.g. by the feature transforms); under ``on_bad_row: error`` the
+    DataError for its first row instead, named as ``check_rows`` names rows. The problem's
+    words carry their own fix."""
+    if spec.on_bad_row == "skip":
+        return ~problem.rows
+    r = int(np.argmax(problem.rows))
+    if ROW_COLUMN in table.column_names:
+        source, row = str(table.column(PATH_COLUMN)[r]), table.column(ROW_COLUMN)[r].as_py()
     else:
-        fs, inner = pafs.LocalFileSystem(), path
-    table = pq.read_table(inner, columns=needed_columns(spec), filesystem=fs)
-    problems = find_problems(table, spec)
-    if not problems:
-        return None
-    row, what = first_bad_row(problems)
-    return bad_row_error(path, row, what)
+        row = first_row + r
+    raise DataError(f"{source} row {row}: {problem.describe(r)}")

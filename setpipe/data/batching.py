@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 import torch
 
-from setpipe.data.bad_rows import check_rows
+from setpipe.data.bad_rows import check_rows, drop_problem_rows
 from setpipe.data.batch import SetBatch
 from setpipe.data.convert import table_to_batch
 from setpipe.data.reading import iter_tables
@@ -32,12 +32,14 @@ T = TypeVar("T")
 
 @dataclass
 class BatchStats:
-    """What one pass delivered; the trainer logs ``skipped_rows``."""
+    """What one pass delivered; the trainer logs ``skipped_rows`` of every split it reads."""
 
     sets: int = 0
     elements: int = 0
     batches: int = 0
     skipped_rows: int = 0
+    """Bad rows dropped under ``on_bad_row: skip``: the reader's checks (values, sizes,
+    labels) and sets that a feature transform made non-finite."""
     padded_slots: int = 0
     """Sum over batches of sets x largest set: the padded view's size."""
 
@@ -169,8 +171,9 @@ def iter_set_batches(
 ) -> Iterator[SetBatch]:
     """Element-budget SetBatches of model features from a Dataset or a Ray Train shard.
 
-    Bad rows follow ``spec.on_bad_row`` (skips counted in ``stats.skipped_rows``); with
-    ``shuffle`` the sets pass through the local shuffle buffer (seeded by
+    Bad rows follow ``spec.on_bad_row`` (skips counted in ``stats.skipped_rows``), the
+    sets a transform makes non-finite among them; with ``shuffle`` the sets pass through
+    the local shuffle buffer (seeded by
     ``spec.shuffle.seed`` and ``epoch``). Shards of one Dataset given to Ray Train
     workers (``get_dataset_shard``: ``streaming_split(equal=True)``) hold equal row
     counts but not equal batch counts; wrap the iterator in ``equalize_batches``.
@@ -182,8 +185,19 @@ def iter_set_batches(
         for table in iter_tables(source):
             table, skipped = check_rows(table, spec, "the data")
             stats.skipped_rows += skipped
-            if table.num_rows:
-                yield transforms.apply(table_to_batch(table, spec))
+            if not table.num_rows:
+                continue
+            raw = table_to_batch(table, spec)
+            batch = transforms.apply(raw)
+            # One pass over the output; the op-by-op diagnosis only for a block that needs it.
+            if not bool(torch.isfinite(batch.values).all()):
+                problem = transforms.nonfinite_rows(raw)
+                if problem is not None:
+                    keep = drop_problem_rows(table, problem, spec, "the data")
+                    stats.skipped_rows += int((~keep).sum())
+                    batch = batch.select(torch.from_numpy(np.flatnonzero(keep)))
+            if batch.num_sets:
+                yield batch
 
     chunks: Iterable[SetBatch] = blocks()
     if shuffle and spec.shuffle.buffer_sets > 0:

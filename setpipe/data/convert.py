@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from setpipe.data.batch import SetBatch
-from setpipe.data.layout import element_columns
+from setpipe.data.layout import chunks_of, element_columns, flat_children, list_sizes
 from setpipe.errors import DataError
 from setpipe.spec.models import DataSpec, ParallelLists, StructList, VectorList
-
-
-def _chunks(col: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
-    return list(col.chunks) if isinstance(col, pa.ChunkedArray) else [col]
 
 
 def _numpy(arrays: list[pa.Array], dtype: type) -> np.ndarray:
@@ -27,22 +22,6 @@ def _numpy(arrays: list[pa.Array], dtype: type) -> np.ndarray:
     if not parts:
         return np.empty(0, dtype=dtype)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def list_sizes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """int64 [rows]: elements in each row's list (a null list counts 0)."""
-    parts = [
-        pc.fill_null(pc.list_value_length(c), 0).to_numpy(zero_copy_only=False)
-        for c in _chunks(col)
-    ]
-    if not parts:
-        return np.empty(0, dtype=np.int64)
-    return np.concatenate(parts).astype(np.int64, copy=False)
-
-
-def flat_children(col: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
-    """The child values of every row, chunk by chunk, slices respected."""
-    return [c.flatten() for c in _chunks(col)]
 
 
 def set_sizes(table: pa.Table, spec: DataSpec) -> np.ndarray:
@@ -92,14 +71,14 @@ def table_to_batch(table: pa.Table, spec: DataSpec) -> SetBatch:
     if spec.context:
         ctx = np.empty((table.num_rows, len(spec.context)), dtype=np.float32)
         for j, name in enumerate(spec.context):
-            ctx[:, j] = _numpy(_chunks(table.column(name)), np.float32)
+            ctx[:, j] = _numpy(chunks_of(table.column(name)), np.float32)
         context = torch.from_numpy(ctx)
     targets = None
     if spec.label is not None:
         col = table.column(spec.label)
         is_int = pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)
         targets = torch.from_numpy(
-            _writable(_numpy(_chunks(col), np.int64 if is_int else np.float32))
+            _writable(_numpy(chunks_of(col), np.int64 if is_int else np.float32))
         )
     element_targets = None
     if spec.element_label is not None:

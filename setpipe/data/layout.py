@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from setpipe.data.sources import Files
@@ -18,6 +20,33 @@ from setpipe.spec.models import DataSpec, ParallelLists, StructList, VectorList
 
 PATH_COLUMN = "__setpipe_path"
 """Added by the reader: the file each row came from (for error messages)."""
+ROW_COLUMN = "__setpipe_row"
+"""Added by the reader: the row's index in its file; null on the one row standing for a row
+group that could not be read (``BAD_COLUMN`` then says why)."""
+BAD_COLUMN = "__setpipe_bad"
+"""Added by the reader's bad-row check: null for a good row, else what is wrong with it."""
+READER_COLUMNS = (PATH_COLUMN, ROW_COLUMN, BAD_COLUMN)
+
+
+def chunks_of(col: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    """The Arrow arrays of a column, whether it is chunked or not."""
+    return list(col.chunks) if isinstance(col, pa.ChunkedArray) else [col]
+
+
+def list_sizes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """int64 [rows]: elements in each row's list (a null list counts 0)."""
+    parts = [
+        pc.fill_null(pc.list_value_length(c), 0).to_numpy(zero_copy_only=False)
+        for c in chunks_of(col)
+    ]
+    if not parts:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate(parts).astype(np.int64, copy=False)
+
+
+def flat_children(col: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    """The child values of every row, chunk by chunk, slices respected."""
+    return [c.flatten() for c in chunks_of(col)]
 
 
 def element_columns(spec: DataSpec) -> list[str]:
@@ -105,7 +134,7 @@ def check_schema(schema: pa.Schema, spec: DataSpec, source: str) -> None:
     for col, (words, ok) in _expected(spec).items():
         index = schema.get_field_index(col)
         if index < 0:
-            have = ", ".join(n for n in schema.names if n != PATH_COLUMN)
+            have = ", ".join(n for n in schema.names if n not in READER_COLUMNS)
             raise DataError(
                 f"{source}: column {col!r} not found; expected {words}. The file has: {have}"
             )

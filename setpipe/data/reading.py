@@ -1,26 +1,40 @@
 """Read a job's sets with Ray Data: expand the sources, check every schema, then read.
 
 ``read_dataset`` returns a lazy ``ray.data.Dataset`` of Arrow rows with only the
-columns the job names plus the file each row came from (``__setpipe_path``, for bad-row
-messages), through setpipe's own Ray Data source (``_read_task``: one read task per
-file's row groups, none of ``read_parquet``'s per-pass listing). Training files are
-read in a shuffled file order drawn from ``data.shuffle.seed`` and Ray's execution
-index (each epoch's pass), so the order differs between epochs and repeats between
-runs. With ``data.split`` the validation and test datasets are the train files
-filtered by a stable key hash.
+columns the job names plus, from the reader, the file each row came from, its index in
+that file and what is wrong with it if anything (``layout.READER_COLUMNS``), through
+setpipe's own Ray Data source (``_read_task``: one read task per file's row groups, none
+of ``read_parquet``'s per-pass listing, the bad-row checks run in the read tasks).
+Training files are read in a shuffled file order drawn from ``data.shuffle.seed`` and
+Ray's execution index (each epoch's pass), so the order differs between epochs and
+repeats between runs. With ``data.split`` the validation and test datasets are the train
+files filtered by a stable key hash.
+
+``check_labels`` reads only the label columns of every split, before training, so that
+a bad label in the test split stops the run in seconds rather than after training.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from setpipe.data._read_task import SetParquetDatasource, SplitFilter, units_of
-from setpipe.data.bad_rows import check_rows
+import numpy as np
+import pyarrow as pa
+
+from setpipe.data._read_task import ReadUnit, SetParquetDatasource, SplitFilter, units_of
+from setpipe.data.bad_rows import (
+    LabelRule,
+    RowCheck,
+    check_rows,
+    drop_problem_rows,
+    first_reader_error,
+    label_columns,
+)
 from setpipe.data.convert import table_to_batch
-from setpipe.data.layout import check_files, needed_columns
-from setpipe.data.sources import expand
+from setpipe.data.layout import PATH_COLUMN, ROW_COLUMN, check_files, needed_columns
+from setpipe.data.sources import Files, expand
 from setpipe.data.transforms import FittedTransforms, fit_on_batches
-from setpipe.spec.models import DataSpec
+from setpipe.spec.models import DataSpec, ModelSpec
 
 if TYPE_CHECKING:
     import ray.data
@@ -34,10 +48,23 @@ def source_of(spec: DataSpec, split: Split) -> str | list[str] | None:
     return spec.validation if split == "validation" else spec.test
 
 
-def read_dataset(spec: DataSpec, split: Split) -> ray.data.Dataset | None:
+def _units(files: Files, spec: DataSpec) -> list[ReadUnit]:
+    """Every file's read units, after its schema is checked."""
+    footers = check_files(files, spec)
+    return [
+        unit
+        for path, display, footer in zip(files.paths, files.display, footers, strict=True)
+        for unit in units_of(path, display, footer)
+    ]
+
+
+def read_dataset(
+    spec: DataSpec, split: Split, *, model: ModelSpec | None = None
+) -> ray.data.Dataset | None:
     """The job's ``split`` as a Ray Dataset of Arrow rows; None when it has no source.
 
-    Every file's schema is checked (footers only) before any row is read.
+    Every file's schema is checked (footers only) before any row is read. The read tasks
+    check every row (``bad_rows``), labels against ``model``'s task when it is given.
     """
     import ray.data
 
@@ -45,19 +72,52 @@ def read_dataset(spec: DataSpec, split: Split) -> ray.data.Dataset | None:
     if source is None:
         return None
     files = expand(source)
-    footers = check_files(files, spec)
-    units = [
-        unit
-        for path, display, footer in zip(files.paths, files.display, footers, strict=True)
-        for unit in units_of(path, display, footer)
-    ]
+    units = _units(files, spec)
     split_filter = SplitFilter(split, spec.split) if spec.split is not None else None
     seed = spec.shuffle.seed if split == "train" and spec.shuffle.files else None
+    check = RowCheck(spec, None if model is None else LabelRule.of(model))
     datasource = SetParquetDatasource(
-        files.filesystem, units, needed_columns(spec), split_filter, shuffle_seed=seed
+        files.filesystem, units, needed_columns(spec), split_filter, seed, check
     )
     # One block per unit: Ray would otherwise cut each task's output into many small ones.
     return ray.data.read_datasource(datasource, override_num_blocks=max(1, len(units)))
+
+
+def check_labels(spec: DataSpec, model: ModelSpec) -> None:
+    """Under ``on_bad_row: error``, the first label that does not fit ``model``'s task in any
+    split, as a DataError naming its file and row; before training, not after it.
+
+    Reads only the label columns (and, for a relevance list, the set sizes' column) of
+    every file of every split in Ray read tasks, which hand back one bad row per row group
+    at most. Under ``skip`` it reads nothing: the passes drop and count those rows.
+    """
+    import ray.data
+
+    if spec.on_bad_row != "error" or not label_columns(spec):
+        return
+    sources = [spec.train] if spec.split is not None else [spec.train, spec.validation, spec.test]
+    check = RowCheck(spec, LabelRule.of(model), labels_only=True)
+    order: dict[str, int] = {}  # file -> its place among all the splits' files
+    datasets = []
+    for source in (s for s in sources if s is not None):
+        files = expand(source)
+        for display in files.display:
+            order.setdefault(display, len(order))
+        units = _units(files, spec)
+        datasource = SetParquetDatasource(
+            files.filesystem, units, label_columns(spec), check=check, only_bad=True
+        )
+        datasets.append(ray.data.read_datasource(datasource, override_num_blocks=len(units)))
+    every_split = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    found = [t for t in iter_tables(every_split) if t.num_rows]  # type: ignore[attr-defined]
+    if not found:
+        return
+    bad = pa.concat_tables(found)
+    rows = bad.column(ROW_COLUMN).to_numpy(zero_copy_only=False)
+    # A row group that could not be read (null row) first, then in file and row order.
+    files_at = np.array([order[p] for p in bad.column(PATH_COLUMN).to_pylist()])
+    first = np.lexsort((np.nan_to_num(rows, nan=-1.0), files_at, ~np.isnan(rows)))[0]
+    raise first_reader_error(bad.slice(int(first), 1), np.ones(1, dtype=bool))
 
 
 def iter_tables(source: ray.data.Dataset | ray.data.DataIterator) -> object:
@@ -74,7 +134,15 @@ def fit_transforms(spec: DataSpec, dataset: ray.data.Dataset | None) -> FittedTr
     def raw_batches():  # type: ignore[no-untyped-def]
         for table in iter_tables(dataset):  # type: ignore[attr-defined]
             table, _ = check_rows(table, spec, "the training data")
-            if table.num_rows:
-                yield table_to_batch(table, spec)
+            if not table.num_rows:
+                continue
+            batch = table_to_batch(table, spec)
+            # Fitted on the sets training will keep: none that a transform makes non-finite.
+            problem = transforms.nonfinite_rows(batch)
+            if problem is not None:
+                keep = drop_problem_rows(table, problem, spec, "the training data")
+                batch = batch.select(np.flatnonzero(keep).tolist())
+            if batch.num_sets:
+                yield batch
 
     return fit_on_batches(transforms, raw_batches())

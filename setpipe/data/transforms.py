@@ -22,6 +22,10 @@ computes.
 
 A set whose weights sum to zero is centred on its plain mean; fraction of a set whose
 sum is zero is 0.
+
+A value that an op turns non-finite (log of 0 or of a negative number) makes its set a bad
+row: ``nonfinite_rows`` finds those sets and words which feature, op, element and value,
+and the data layer drops them or stops under ``data.on_bad_row``.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import TypeAdapter
 
+from setpipe.data.bad_rows import Problem
 from setpipe.data.batch import SetBatch
 from setpipe.errors import DataError
 from setpipe.spec.models import (
@@ -50,6 +56,8 @@ from setpipe.spec.models import (
 
 FORMAT_VERSION = 1
 _FEATURES = TypeAdapter(list[FeatureSpec])
+LOG_FIX = "filter these rows, add an offset (eps), or set data.on_bad_row: skip"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def wrap_angle(x: torch.Tensor) -> torch.Tensor:
@@ -198,6 +206,65 @@ class FittedTransforms:
             values[:, j] = self._chain(feature, raw, sets, stop_at_standardize=False)
         return replace(batch, values=values)
 
+    def nonfinite_rows(self, batch: SetBatch) -> Problem | None:
+        """The sets of raw ``batch`` that some op turns non-finite, or None if there are none.
+
+        Each feature's chain runs once (an unfitted standardize counts as the identity: it
+        cannot make a finite value non-finite); only a feature with a non-finite or
+        float32-overflowing output runs again op by op, charging each element to the first
+        op whose output is not finite while its input was (or to the float32 output). A
+        set's message names its first such feature, its earliest op, the element and the
+        op's input.
+        """
+        if self.features is None:
+            return None
+        raw = batch.values.to(torch.float64)
+        sets = _Sets(batch)
+        index = sets.index.numpy()
+        rows = np.zeros(batch.num_sets, dtype=bool)
+        charged: list[tuple[FeatureSpec, np.ndarray, np.ndarray]] = []
+        for f in self.features:
+            steps = [
+                (i, op)
+                for i, op in enumerate(f.ops)
+                if not (isinstance(op, StandardizeOp) and f.name not in self.stats)
+            ]
+            x = raw[:, self.raw_features.index(f.source)]
+            for _, op in steps:
+                x = _apply_op(op, x, raw, self.raw_features, sets, self.stats.get(f.name))
+            if bool((x.abs() <= FLOAT32_MAX).all()):  # False for NaN and inf
+                continue
+            x = raw[:, self.raw_features.index(f.source)]
+            op_of = np.full(batch.num_elements, -1, dtype=np.int64)
+            inputs = np.zeros(batch.num_elements, dtype=np.float64)
+            for i, op in [*steps, (len(f.ops), None)]:
+                if op is None:  # the float32 output
+                    y = torch.where(x.abs() > FLOAT32_MAX, math.inf, x)
+                else:
+                    y = _apply_op(op, x, raw, self.raw_features, sets, self.stats.get(f.name))
+                newly = (~torch.isfinite(y) & torch.isfinite(x)).numpy() & (op_of < 0)
+                op_of[newly] = i
+                inputs[newly] = x.numpy()[newly]
+                x = y
+            if (op_of >= 0).any():
+                rows[index[op_of >= 0]] = True
+                charged.append((f, op_of, inputs))
+        if not charged:
+            return None
+        offsets = batch.offsets.numpy()
+
+        def describe(r: int) -> str:
+            for f, op_of, inputs in charged:
+                ops = op_of[offsets[r] : offsets[r + 1]]
+                hit = ops >= 0
+                if hit.any():
+                    i = int(ops[hit].min())
+                    k = int(np.argmax(ops == i))
+                    return _describe_nonfinite(f, i, k, float(inputs[offsets[r] + k]))
+            raise AssertionError(f"set {r} has no non-finite feature")
+
+        return Problem("transform", rows, describe)
+
     def pre_standardize(self, batch: SetBatch) -> dict[str, torch.Tensor]:
         """feature name -> float64 [E]: its values just before its standardize op."""
         raw = batch.values.to(torch.float64)
@@ -224,6 +291,28 @@ class FittedTransforms:
         features = None if data["features"] is None else _FEATURES.validate_python(data["features"])
         stats = {k: {s: float(v) for s, v in d.items()} for k, d in data["stats"].items()}
         return cls(list(data["raw_features"]), features, stats)
+
+
+def _describe_nonfinite(f: FeatureSpec, i: int, k: int, value: float) -> str:
+    """Feature ``f``'s op ``i`` (len(ops): the float32 output) at element ``k`` of ``value``."""
+    where = f"feature {f.name} (from {f.source})"
+    after = f" after {', '.join(op.op for op in f.ops[:i])}" if i else ""
+    shown = str(np.float32(value)) if abs(value) <= FLOAT32_MAX else str(value)
+    if i == len(f.ops):
+        return (
+            f"{where}: {shown} at element {k}{after} does not fit float32; filter these rows "
+            "or set data.on_bad_row: skip"
+        )
+    op = f.ops[i]
+    if isinstance(op, LogOp):
+        bound = (0.0 if op.op == "log" else -1.0) - op.eps
+        return (
+            f"{where}: {op.op} of {shown} at element {k}{after} (expected > {bound:g}); {LOG_FIX}"
+        )
+    return (
+        f"{where}: {op.op} of {shown} at element {k}{after} is not finite; filter these rows "
+        "or set data.on_bad_row: skip"
+    )
 
 
 class RunningMoments:

@@ -11,9 +11,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from setpipe.data import BatchStats, FittedTransforms, SetBatch, iter_set_batches, read_dataset
-from setpipe.spec.models import DataSpec
+from setpipe.spec.models import DataSpec, ModelSpec
 
 FEATURES = ("a", "b", "c")
+
+# Small hand-made rows for the bad-row tests: three parallel element columns.
+FIX = "(set data.on_bad_row: skip to drop such rows)"
+PARALLEL = {"layout": "parallel", "columns": ["el_a", "el_b", "el_c"]}
+LABELS = {"context": ["weight"], "label": "label", "element_label": "relevance"}
+F32 = pa.list_(pa.float32())
+
+
+def good_rows(n: int = 6, size: int = 5) -> dict[str, list[Any]]:
+    rng = np.random.default_rng(0)
+    return {
+        "el_a": [rng.normal(size=size).tolist() for _ in range(n)],
+        "el_b": [rng.normal(size=size).tolist() for _ in range(n)],
+        "el_c": [rng.normal(size=size).tolist() for _ in range(n)],
+        "weight": [1.0] * n,
+        "label": [i % 2 for i in range(n)],
+        "relevance": [[1.0] * size for _ in range(n)],
+    }
+
+
+def parallel_table(rows: dict[str, list[Any]]) -> pa.Table:
+    types = {"weight": pa.float64(), "label": pa.int64()}
+    return pa.table({k: pa.array(v, types.get(k, F32)) for k, v in rows.items()})
 
 
 @dataclass
@@ -93,10 +116,16 @@ def spec(train: str | list[str], elements: dict[str, Any], **extra: Any) -> Data
 
 
 def read_all(
-    data: DataSpec, *, shuffle: bool = False, epoch: int = 0, stats: BatchStats | None = None
+    data: DataSpec,
+    *,
+    shuffle: bool = False,
+    epoch: int = 0,
+    stats: BatchStats | None = None,
+    model: ModelSpec | None = None,
 ) -> list[SetBatch]:
-    """Every SetBatch of the training data, through Ray Data, raw features."""
-    ds = read_dataset(data, "train")
+    """Every SetBatch of the training data, through Ray Data (labels checked against
+    ``model``'s task when given), with the job's transforms (unfitted: no standardize)."""
+    ds = read_dataset(data, "train", model=model)
     assert ds is not None
     transforms = FittedTransforms.from_spec(data)
     return list(iter_set_batches(ds, data, transforms, epoch=epoch, shuffle=shuffle, stats=stats))

@@ -5,38 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_cases import read_all, spec
+from data_cases import FIX, LABELS, PARALLEL, good_rows, parallel_table, read_all, spec
 
 from setpipe.data import BatchStats, check_rows, read_dataset
 from setpipe.errors import DataError
 
-FIX = "(set data.on_bad_row: skip to drop such rows)"
-PARALLEL = {"layout": "parallel", "columns": ["el_a", "el_b", "el_c"]}
 STRUCT = {"layout": "struct", "column": "points", "fields": ["a", "b"]}
 VECTORS = {"layout": "vectors", "column": "vecs", "dim": 3}
-F32 = pa.list_(pa.float32())
 NAN, INF = float("nan"), float("inf")
-
-
-def good_rows(n: int = 6, size: int = 5) -> dict[str, list[Any]]:
-    rng = np.random.default_rng(0)
-    return {
-        "el_a": [rng.normal(size=size).tolist() for _ in range(n)],
-        "el_b": [rng.normal(size=size).tolist() for _ in range(n)],
-        "el_c": [rng.normal(size=size).tolist() for _ in range(n)],
-        "weight": [1.0] * n,
-        "label": [i % 2 for i in range(n)],
-        "relevance": [[1.0] * size for _ in range(n)],
-    }
-
-
-def parallel_table(rows: dict[str, list[Any]]) -> pa.Table:
-    types = {"weight": pa.float64(), "label": pa.int64()}
-    return pa.table({k: pa.array(v, types.get(k, F32)) for k, v in rows.items()})
 
 
 def with_row3(column: str, value: Any) -> pa.Table:
@@ -44,8 +23,6 @@ def with_row3(column: str, value: Any) -> pa.Table:
     rows[column][3] = value
     return parallel_table(rows)
 
-
-LABELS = {"context": ["weight"], "label": "label", "element_label": "relevance"}
 
 # (id, table, elements layout, extra spec, the message after "<file> row 3: ")
 ROW_CASES = [

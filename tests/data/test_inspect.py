@@ -86,3 +86,30 @@ def test_inspect_prints_the_numbers_of_the_data(
     assert f"padding       {plain:.1%} of a padded view is padding" in out
     assert f"              {padding_fraction(sizes, 500, bucket_window=50):.1%} with" in out
     assert re.search(r"^read +\d+\.\d\d s: \d+ sets/s, \d+ elements/s", out, flags=re.MULTILINE)
+
+
+def test_inspect_counts_bad_labels_and_transforms(
+    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = make_jets(50, seed=4)
+    labels = table.column("label").to_pylist()
+    labels[4] = 2  # of num_classes 2
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels))
+    pt = table.column("part_pt").to_pylist()
+    pt[7][3] = 0.0  # log_pt: log of 0
+    table = table.set_column(0, "part_pt", pa.array(pt, pa.list_(pa.float32())))
+    path = tmp_path / "jets.parquet"
+    pq.write_table(table, path)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**JOB, "data": {**JOB["data"], "train": str(path)}}))
+
+    assert main(["inspect", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "sets          48\n" in out
+    assert "bad rows      2  (label 1, transform 1)\n" in out
+    assert (
+        f"  first: {path} row 4: label is 2; expected a class id, a whole number from 0 to 1 "
+        "(model.num_classes: 2) (set data.on_bad_row: skip to drop such rows)\n" in out
+    )
+    row = re.search(r"^  log_pt +\S+ +\S+ +\S+ +\S+ +(\d+)$", out, flags=re.MULTILINE)
+    assert row is not None and row.group(1) == "0"

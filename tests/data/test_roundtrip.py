@@ -86,7 +86,15 @@ def test_only_the_named_columns_are_read(ray_local: None, tmp_path: Path) -> Non
     ds = __import__("setpipe.data", fromlist=["read_dataset"]).read_dataset(
         spec(str(tmp_path), elements_spec("parallel"), label="label"), "train"
     )
-    assert ds.schema().names == ["el_a", "el_b", "el_c", "label", "__setpipe_path"]
+    assert ds.schema().names == [
+        "el_a",
+        "el_b",
+        "el_c",
+        "label",
+        "__setpipe_path",
+        "__setpipe_row",
+        "__setpipe_bad",
+    ]
 
 
 def test_float_labels_stay_float_and_missing_parts_are_none(tmp_path: Path) -> None:

@@ -169,3 +169,104 @@ def test_standardize_is_fitted_in_one_pass_over_ray_data(ray_local: None, tmp_pa
     assert transforms.stats["std_pt"]["count"] == len(all_log1p)
     assert transforms.stats["std_pt"]["mean"] == pytest.approx(all_log1p.mean(), rel=1e-12)
     assert transforms.stats["std_pt"]["std"] == pytest.approx(all_log1p.std(), rel=1e-12)
+
+
+FIX_TRANSFORM = "filter these rows, add an offset (eps), or set data.on_bad_row: skip"
+
+
+def log_spec(train: str, ops: list[dict[str, Any]], **extra: Any) -> DataSpec:
+    return DataSpec.model_validate(
+        {
+            "train": train,
+            "elements": {"layout": "parallel", "columns": RAW},
+            "features": [
+                {"name": "log_pt", "source": "pt", "ops": ops},
+                {"name": "eta", "source": "eta"},
+            ],
+            "shuffle": {"files": False, "buffer_sets": 0},
+            **extra,
+        }
+    )
+
+
+def test_a_transform_that_is_not_finite_names_feature_op_and_element() -> None:
+    sets = [np.ones((3, 4), np.float32) for _ in range(4)]
+    sets[1][2, 0] = 0.0
+    sets[3][0, 0] = -1.0
+    batch = SetBatch.from_sets([torch.from_numpy(s) for s in sets])
+    cases = [
+        (
+            [{"op": "log"}],
+            "log of 0.0 at element 2 (expected > 0)",
+            "log of -1.0 at element 0 (expected > 0)",
+        ),
+        ([{"op": "log1p"}], None, "log1p of -1.0 at element 0 (expected > -1)"),
+        ([{"op": "log", "eps": 0.5}], None, "log of -1.0 at element 0 (expected > -0.5)"),
+        ([{"op": "abs"}, {"op": "log"}], "log of 0.0 at element 2 after abs (expected > 0)", None),
+    ]
+    for ops, row1, row3 in cases:
+        transforms = FittedTransforms.from_spec(log_spec("unused", ops))
+        problem = transforms.nonfinite_rows(batch)
+        assert problem is not None
+        assert problem.kind == "transform"
+        assert problem.rows.tolist() == [False, row1 is not None, False, row3 is not None]
+        for row, words in ((1, row1), (3, row3)):
+            if words is not None:
+                assert problem.describe(row).startswith(f"feature log_pt (from pt): {words}")
+                assert problem.describe(row).endswith(f"; {FIX_TRANSFORM}")
+    fine = FittedTransforms.from_spec(log_spec("unused", [{"op": "log", "eps": 1.5}]))
+    assert fine.nonfinite_rows(batch) is None
+
+
+def jets_with_a_zero_pt(tmp_path: Path) -> tuple[list[np.ndarray], Path]:
+    """make_sets in one file of row groups of 9; row 12's element 1 has pt 0."""
+    sets = make_sets(40, seed=5)
+    for s in sets:
+        s[:, 0] += 0.1  # make_sets gives two sets all-zero pts
+    sets[12][1, 0] = 0.0
+    cols = {
+        name: pa.array([s[:, j] for s in sets], pa.list_(pa.float32()))
+        for j, name in enumerate(RAW)
+    }
+    write(pa.table(cols), tmp_path, files=1, row_group_size=9)
+    return sets, tmp_path / "part-0000.parquet"
+
+
+def test_log_of_zero_is_a_bad_row_of_its_file(ray_local: None, tmp_path: Path) -> None:
+    from data_cases import read_all
+
+    from setpipe.data import BatchStats
+
+    sets, path = jets_with_a_zero_pt(tmp_path)
+    data = log_spec(str(tmp_path), [{"op": "log"}])
+    with pytest.raises(DataError) as err:
+        read_all(data)
+    assert str(err.value) == (
+        f"{path} row 12: feature log_pt (from pt): log of 0.0 at element 1 (expected > 0); "
+        f"{FIX_TRANSFORM}"
+    )
+    stats = BatchStats()
+    batches = read_all(data.model_copy(update={"on_bad_row": "skip"}), stats=stats)
+    assert stats.skipped_rows == 1
+    assert stats.sets == sum(b.num_sets for b in batches) == 39
+    assert stats.elements == sum(len(s) for i, s in enumerate(sets) if i != 12)
+    values = torch.cat([b.values for b in batches])
+    assert bool(torch.isfinite(values).all())
+
+
+def test_standardize_is_fitted_on_the_rows_that_remain(ray_local: None, tmp_path: Path) -> None:
+    sets, path = jets_with_a_zero_pt(tmp_path)
+    ops = [{"op": "log"}, {"op": "standardize"}]
+    data = log_spec(str(tmp_path), ops)
+    with pytest.raises(DataError) as err:
+        fit_transforms(data, read_dataset(data, "train"))
+    assert str(err.value) == (
+        f"{path} row 12: feature log_pt (from pt): log of 0.0 at element 1 (expected > 0); "
+        f"{FIX_TRANSFORM}"
+    )
+    data = data.model_copy(update={"on_bad_row": "skip"})
+    stats = fit_transforms(data, read_dataset(data, "train")).stats["log_pt"]
+    logs = np.log(np.concatenate([s[:, 0] for i, s in enumerate(sets) if i != 12]).astype(float))
+    assert stats["count"] == len(logs)
+    assert stats["mean"] == pytest.approx(logs.mean(), rel=1e-12)
+    assert stats["std"] == pytest.approx(logs.std(), rel=1e-12)
