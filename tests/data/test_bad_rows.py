@@ -295,3 +295,14 @@ def test_bad_rows_through_ray_error_and_skip(ray_local: None, tmp_path: Path) ->
     assert stats.skipped_rows == num_bad
     assert stats.sets == sum(b.num_sets for b in batches) == 60 - num_bad
     assert stats.elements == 5 * (60 - num_bad)
+
+
+def test_the_read_tasks_checks_import_no_torch() -> None:
+    # The bad-row checks run in every Ray read task: importing torch there costs seconds
+    # and ~150 MB per worker process.
+    import subprocess
+    import sys
+
+    code = "import sys, setpipe.data._read_task; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
