@@ -11,7 +11,6 @@ and storage path resumes from that run's latest checkpoint.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,8 @@ import torch
 
 from setpipe.errors import TrainError
 from setpipe.spec.models import DataSpec, JobSpec, ParallelLists
-from setpipe.train.loop import train_loop
-
-FAIL_ENV = "SETPIPE_FAIL_AT_EPOCH"
-"""Test hook: a worker exits during this epoch (0-based) of an attempt started from scratch."""
-
-TASK_METRICS = {
-    "classify": ("val_loss", "val_accuracy", "val_auc"),
-    "regress": ("val_loss", "val_rmse"),
-    "rank": ("val_loss", "val_ndcg", "val_mrr"),
-}
+from setpipe.train.hooks import FailAtEpoch, LoopHooks
+from setpipe.train.loop import EpochLog, LoopConfig, train_loop
 
 
 @dataclass
@@ -65,7 +56,11 @@ class TrainOutcome:
 
 
 def monitored_metric(job: JobSpec, has_validation: bool) -> tuple[str, str] | None:
-    """(metric, direction) that picks the best epoch: early stopping's, else the gate's."""
+    """(metric, direction) that picks the best epoch: early stopping's, else the gate's.
+
+    Both names are one of the task's validation metrics (``spec.models.TASK_METRICS``):
+    the job validator checked them at load.
+    """
     stop = job.train.early_stopping
     if not has_validation:
         if stop is not None:
@@ -74,15 +69,7 @@ def monitored_metric(job: JobSpec, has_validation: bool) -> tuple[str, str] | No
                 "validation data; add data.validation or data.split, or remove early_stopping"
             )
         return None
-    metric, direction = (stop.metric, stop.direction) if stop else job.promotion
-    known = TASK_METRICS[job.model.task]
-    if metric not in known:
-        where = "train.early_stopping.metric" if stop else "tracking.metric"
-        raise TrainError(
-            f"{job.name}: {where} is {metric!r}, which task {job.model.task} does not report; "
-            f"expected one of {', '.join(known)}"
-        )
-    return metric, direction
+    return (stop.metric, stop.direction) if stop else job.promotion
 
 
 def _element_column(spec: DataSpec) -> str:
@@ -112,75 +99,68 @@ def estimate_steps(dataset: Any, spec: DataSpec, world: int) -> int:
     return max(1, math.ceil(sets / max(1, world) / per_batch))
 
 
+def loop_config(
+    job: JobSpec, datasets: dict[str, Any], transforms: Any, run_dir: Path, progress: bool
+) -> LoopConfig:
+    """What every worker's loop needs, computed once here on the driver."""
+    spec = job.train
+    has_validation = "validation" in datasets
+    checkpoint_dir = None
+    if spec.workers == 0:
+        checkpoint_dir = run_dir / "local_checkpoints"
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = estimate_steps(datasets["train"], job.data, max(1, spec.workers))
+    return LoopConfig(
+        job=job,
+        transforms=transforms.to_dict(),
+        total_steps=steps_per_epoch * spec.epochs,
+        has_validation=has_validation,
+        has_test="test" in datasets,
+        monitor=monitored_metric(job, has_validation),
+        in_process=spec.workers == 0,
+        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+        keep=spec.checkpoint.keep,
+        progress=progress,
+    )
+
+
 def fit(
     job: JobSpec,
     *,
-    run_id: str | None,
     storage_path: str | Path,
     run_name: str,
     transforms: Any,
     datasets: dict[str, Any],
+    log_epoch: EpochLog | None = None,
     progress: bool = True,
-    trace_dir: str | Path | None = None,
+    hooks: LoopHooks | None = None,
 ) -> TrainOutcome:
     """Train ``job`` on Ray Train; ``datasets`` maps train/validation/test to Ray Datasets.
 
     ``run_name`` under ``storage_path`` is the Ray run: the same name resumes its latest
-    checkpoint. ``run_id`` is the MLflow run that rank 0 logs epochs to (None: no logging).
+    checkpoint. ``log_epoch(epoch, metrics)`` runs on rank 0 after each epoch (e.g. MLflow
+    logging bound on the driver to its run and store: a worker's cwd and environment are
+    not the driver's). ``hooks``: test callbacks (``setpipe.train.hooks``); without them,
+    $SETPIPE_FAIL_AT_EPOCH sets the injected-failure hook.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    spec = job.train
     datasets = {k: v for k, v in datasets.items() if v is not None}
     if "train" not in datasets:
         raise TrainError(f"{job.name}: no training data (data.train read to nothing)")
-    has_validation = "validation" in datasets
-    world = max(1, spec.workers)
     storage_path = Path(storage_path).resolve()
-    config: dict[str, Any] = {
-        "job": job.model_dump(mode="json"),
-        "transforms": transforms.to_dict(),
-        "run_id": run_id,
-        "total_steps": estimate_steps(datasets["train"], job.data, world) * spec.epochs,
-        "has_validation": has_validation,
-        "has_test": "test" in datasets,
-        "monitor": monitored_metric(job, has_validation),
-        "progress": progress,
-        "keep": spec.checkpoint.keep,
-        "in_process": spec.workers == 0,
+    loop = loop_config(job, datasets, transforms, storage_path / run_name, progress)
+    config = {
+        "config": loop.to_dict(),
+        "log_epoch": log_epoch,
+        "hooks": hooks or FailAtEpoch.from_env(),
     }
-    if spec.workers == 0:
-        config["local_checkpoint_dir"] = str(storage_path / run_name / "local_checkpoints")
-        Path(config["local_checkpoint_dir"]).mkdir(parents=True, exist_ok=True)
-    if os.environ.get(FAIL_ENV):
-        config["fail_at_epoch"] = int(os.environ[FAIL_ENV])
-    if trace_dir is not None:
-        config["trace_dir"] = str(trace_dir)
-
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=spec.workers,
-            use_gpu=spec.use_gpu,
-            resources_per_worker=spec.resources_per_worker or None,
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=str(storage_path),
-            failure_config=FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
-        ),
-        datasets=datasets,
-    )
+    trainer = _torch_trainer(job, config, storage_path, run_name, datasets)
     try:
         result = trainer.fit()
     except TrainError:
         raise
     except Exception as err:
         raise TrainError(
-            f"{job.name}: training failed after {spec.max_failures} allowed restarts: "
+            f"{job.name}: training failed after {job.train.max_failures} allowed restarts: "
             f"{type(err).__name__}: {err}. Re-run the same job to resume from its last "
             f"checkpoint under {storage_path / run_name}"
         ) from err
@@ -196,5 +176,34 @@ def fit(
         start_epoch=out["start_epoch"],
         stopped_early=out["stopped_early"],
         val_predictions=out["val_predictions"],
-        monitor=config["monitor"],
+        monitor=loop.monitor,
+    )
+
+
+def _torch_trainer(
+    job: JobSpec,
+    config: dict[str, Any],
+    storage_path: Path,
+    run_name: str,
+    datasets: dict[str, Any],
+) -> Any:  # ray.train.torch.TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    spec = job.train
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=spec.workers,
+            use_gpu=spec.use_gpu,
+            resources_per_worker=spec.resources_per_worker or None,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+        ),
+        datasets=datasets,
     )

@@ -12,6 +12,7 @@ from sets_data import job_dict, make_data
 from setpipe.data import fit_transforms, read_dataset
 from setpipe.spec import job_from_dict
 from setpipe.train import TrainOutcome, fit
+from setpipe.train.hooks import TraceWeights
 
 TRAIN_KEYS = {
     "epoch",
@@ -45,13 +46,12 @@ def run_fit(
     transforms = fit_transforms(job.data, datasets["train"])
     return fit(
         job,
-        run_id=None,
         storage_path=workdir / "ray_results",
         run_name=name,
         transforms=transforms,
         datasets=datasets,
         progress=False,
-        trace_dir=trace,
+        hooks=TraceWeights(trace) if trace else None,
     )
 
 
@@ -136,13 +136,12 @@ def test_two_workers_disjoint_shards_identical_weights(
     datasets = {s: read_dataset(job.data, s) for s in ("train", "validation")}
     out = fit(
         job,
-        run_id=None,
         storage_path=workdir / "ray_results",
         run_name="ddp",
         transforms=fit_transforms(job.data, datasets["train"]),
         datasets=datasets,
         progress=False,
-        trace_dir=trace,
+        hooks=TraceWeights(trace),
     )
     ranks = [json.loads((trace / f"trace-r{r}-e0.json").read_text()) for r in (0, 1)]
     seen = [set(r["seen"]) for r in ranks]

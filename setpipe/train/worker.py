@@ -1,0 +1,156 @@
+"""One rank's training objects, and the two things they do to batches: a step, an evaluation.
+
+``build_worker`` makes them the same way on every rank (one seed: identical initial
+weights; DDP keeps them identical after every step). ``train_step`` is one optimizer step
+on one batch; ``evaluate`` is one pass over this rank's shard of a split, gathered so that
+every rank holds every rank's outputs.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from setpipe.data import FittedTransforms, augment_batch, iter_set_batches
+from setpipe.data.batch import SetBatch
+from setpipe.models import build_model
+from setpipe.spec.models import JobSpec
+from setpipe.train.losses import task_loss
+from setpipe.train.metrics import Evaluation
+from setpipe.train.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class Worker:
+    """This rank's place in the run and the objects it trains with."""
+
+    job: JobSpec
+    rank: int
+    world: int
+    device: torch.device
+    amp: bool
+    """Autocast (bf16, else fp16 with loss scaling): train.amp on a CUDA device."""
+    transforms: FittedTransforms
+    model: nn.Module
+    """The SetModel itself: its state dict, checksums, evaluation."""
+    ddp_model: nn.Module
+    """What training steps call: DDP's wrapper when world > 1, else the model itself."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    """Draws of the gradient estimator and of augmentation (seeded per epoch by the loop)."""
+
+    def weights(self, *, copy: bool = False) -> dict[str, torch.Tensor]:
+        """The model's state dict on the CPU; ``copy``: cloned, safe from later steps."""
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        return {k: v.clone() for k, v in state.items()} if copy else state
+
+    def sum_across(self, values: list[float]) -> list[float]:
+        """Each value summed over all ranks."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def build_worker(job: JobSpec, transforms: dict[str, Any], total_steps: int) -> Worker:
+    """This rank's model, its DDP wrapper, optimizer, LR schedule and loss scaler."""
+    import ray.train
+    import ray.train.torch
+
+    spec = job.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    cuda = spec.use_gpu and torch.cuda.is_available()
+    device = torch.device("cuda", context.get_local_rank()) if cuda else torch.device("cpu")
+    amp = spec.amp and device.type == "cuda"
+    _seed_everything(spec.seed)  # same seed on every rank: identical initial weights
+    model = build_model(
+        job.model, num_features=len(job.data.feature_names), num_context=len(job.data.context)
+    ).to(device)
+    # DDP runs SetModel.forward, which reaches the gradient estimator too (grad_budget=...),
+    # so every step goes through DDP's own forward and its gradient hooks.
+    ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
+    optimizer = build_optimizer(model.parameters(), spec.optimizer)
+    return Worker(
+        job=job,
+        rank=rank,
+        world=world,
+        device=device,
+        amp=amp,
+        transforms=FittedTransforms.from_dict(transforms),
+        model=model,
+        ddp_model=ddp_model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, total_steps, spec.lr_schedule),
+        # fp16 autocast needs loss scaling; bf16 and fp32 do not.
+        scaler=torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported()),
+        generator=torch.Generator(),
+    )
+
+
+def train_step(worker: Worker, batch: SetBatch) -> torch.Tensor:
+    """One optimizer step on ``batch`` (on the device); returns its mean loss, detached."""
+    job, spec = worker.job, worker.job.train
+    if job.data.augment:
+        batch = augment_batch(batch, job.data.augment, job.data.feature_names, worker.generator)
+    budget = spec.grad_element_budget
+    if budget is not None and int(batch.sizes().max()) <= budget:
+        budget = None  # every set fits the budget: the plain full-gradient pass
+    with _autocast(worker):
+        outputs = worker.ddp_model(
+            batch, grad_budget=budget, chunk_size=spec.chunk_size, generator=worker.generator
+        )
+    loss = task_loss(job.model.task, outputs, batch)
+    worker.optimizer.zero_grad(set_to_none=True)
+    worker.scaler.scale(loss).backward()
+    if spec.grad_clip is not None:
+        worker.scaler.unscale_(worker.optimizer)
+        nn.utils.clip_grad_norm_(worker.model.parameters(), spec.grad_clip)
+    worker.scaler.step(worker.optimizer)
+    worker.scaler.update()
+    worker.scheduler.step()
+    return loss.detach()
+
+
+def evaluate(worker: Worker, split: str) -> Evaluation:
+    """This rank's shard of ``split``, gathered across ranks (every rank holds them all)."""
+    import ray.train
+
+    job = worker.job
+    shard = ray.train.get_dataset_shard(split)
+    evaluation = Evaluation(job.model.task)
+    worker.model.eval()
+    with torch.no_grad():
+        for batch in iter_set_batches(shard, job.data, worker.transforms, shuffle=False):
+            batch = batch.to(worker.device)
+            with _autocast(worker):
+                # Constant memory in the set size for MBC encoders; whole sets otherwise.
+                outputs = worker.model.predict_chunked(batch, job.train.chunk_size)
+            loss = task_loss(job.model.task, outputs, batch)
+            evaluation.add(outputs, batch, float(loss))
+    worker.model.train()
+    evaluation.gather()
+    return evaluation
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _autocast(worker: Worker) -> AbstractContextManager[Any]:
+    if not worker.amp:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
