@@ -27,7 +27,7 @@ from setpipe.pipeline import run
 from setpipe.spec import job_from_dict
 from setpipe.spec.models import JobSpec
 from setpipe.tracking.pyfunc import ARTIFACTS
-from setpipe.train.trainer import FAIL_ENV
+from setpipe.train.hooks import FAIL_ENV
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -237,3 +237,25 @@ def test_rerun_of_unfinished_job_resumes_same_run(
         assert steps(store, summary.run_id, key) == [0, 1, 2], key
     assert json.loads(state_file.read_text())["status"] == "FINISHED"
     assert summary.version == "1" and summary.decision.moved
+
+
+@pytest.mark.slow
+def test_workers_log_to_the_driver_s_store_with_a_relative_workdir(
+    ray_local, data: Path, tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The driver runs in its own directory with `workdir: rel/work`; the session's Ray workers
+    # were started elsewhere, so a store resolved on a worker from the job would be another one.
+    driver = tmp_path / "driver"
+    (driver / "rel" / "work").mkdir(parents=True)
+    shutil.copyfile(empty_store, driver / "rel" / "work" / "mlflow.db")
+    monkeypatch.chdir(driver)
+    job = make_job(data, Path("rel/work"), "relative", workers=2, epochs=2)
+    summary = run(job, progress=False)
+
+    uri = f"sqlite:///{driver / 'rel' / 'work' / 'mlflow.db'}"
+    assert summary.artifacts["tracking_uri"] == uri
+    store = MlflowClient(uri)
+    # Every epoch rank 0 logged is in the driver's store, and the run there is finished.
+    for key in ("train_loss", "train_sets_per_s", "val_loss", "val_auc", "lr"):
+        assert steps(store, summary.run_id, key) == [0, 1], key
+    assert store.get_run(summary.run_id).info.status == "FINISHED"
