@@ -8,7 +8,8 @@ element only (never across elements), so the pooled slot value
 
 is a ratio of two sums: the state is (num = Σ a·v, den = Σ a) per set, slot and head.
 Normalisations: ``sigmoid``; ``slot_sigmoid`` (sigmoid, then divided by its sum over
-slots); ``slot_softmax`` (softmax over slots). ``set_softmax`` is the exact softmax over
+slots, computed as a softmax over log-sigmoids: finite at any logit); ``slot_softmax``
+(softmax over slots). ``set_softmax`` is the exact softmax over
 the set's elements per slot: it keeps a running max per set/head/slot and merges
 log-sum-exp style. After pooling: optional slot residual (+ the slot's query), a
 LayerNorm, then any function of the K slot vectors (flatten+MLP, or SAB + PMA).
@@ -20,9 +21,12 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from setpipe.errors import ModelError
 from setpipe.models.protocol import MBCEncoder, MBCState, mlp, require_context
+from setpipe.models.segment import segment_sum
 from setpipe.models.set_transformer import SetTransformer
 
 Attention = Literal["slot_sigmoid", "sigmoid", "slot_softmax", "set_softmax"]
@@ -177,13 +181,8 @@ class UMBC(MBCEncoder):
             num, den = num * rescale[..., None], den * rescale
             a = torch.exp(s - new_max[set_index])
             new["max"] = new_max
-        elif self.attention == "sigmoid":
-            a = torch.sigmoid(s)
-        elif self.attention == "slot_sigmoid":
-            a = torch.sigmoid(s)
-            a = a / a.sum(dim=-1, keepdim=True)
-        else:  # slot_softmax
-            a = torch.softmax(s, dim=-1)
+        else:
+            a = attention_weights(s, self.attention)
 
         pooled_num, pooled_den = segment_pool(a, vals, set_index, num.shape[0])
         new["num"] = num + pooled_num
@@ -218,6 +217,22 @@ class UMBC(MBCEncoder):
         if self.num_context:
             out = torch.cat([out, require_context(context, self.num_context, out)], 1)
         return out
+
+
+def attention_weights(s: torch.Tensor, attention: Attention) -> torch.Tensor:
+    """Per-element attention weights [e, H, K] from logits ``s [e, H, K]`` (not set_softmax).
+
+    slot_sigmoid is σ(s_k) / Σ_j σ(s_j) = softmax_k(log σ(s)): the direct quotient is 0/0
+    = NaN once every slot's logit is below about -88 in float32 (σ underflows to 0), as
+    with large inputs or collapsed slots; log σ(s) = -softplus(-s) is finite everywhere.
+    """
+    if attention == "sigmoid":
+        return torch.sigmoid(s)
+    if attention == "slot_sigmoid":
+        return torch.softmax(F.logsigmoid(s), dim=-1)
+    if attention == "slot_softmax":
+        return torch.softmax(s, dim=-1)
+    raise ModelError(f"attention_weights: {attention!r} is not a per-element normalisation")
 
 
 def _shift(old_max: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
@@ -256,13 +271,13 @@ def segment_pool(
     into a fresh buffer (its backward is a gather), never into a view of one, whose
     backward (CopySlices) clones the whole buffer. On jet-like batches this is
     about 5x faster than blocks shared by several sets with one column group per set.
+    Both sums go tile by tile, and the tile sums reach their sets through
+    ``segment_sum``: the float32 error does not grow with the set's size.
     """
     e, heads, k = a.shape
     d = vals.shape[-1]
-    num = a.new_zeros(num_sets, heads, k, d)
-    den = a.new_zeros(num_sets, heads, k)
     if e == 0:
-        return num, den
+        return a.new_zeros(num_sets, heads, k, d), a.new_zeros(num_sets, heads, k)
     # Chunks of a SetBatch are sorted by set already; only shuffled partitions need the sort.
     if not bool((set_index[1:] >= set_index[:-1]).all()):
         order = torch.argsort(set_index, stable=True)
@@ -286,7 +301,7 @@ def segment_pool(
         grid_v = vals.new_zeros(nt * heads * t, d)
         grid_v = grid_v.index_copy_(0, rows, vals.reshape(e * heads, d))
         grid_a, grid_v = grid_a.view(nt * heads, t, k), grid_v.view(nt * heads, t, d)
-    sums = torch.bmm(grid_a.transpose(1, 2), grid_v)
+    sums = torch.bmm(grid_a.transpose(1, 2), grid_v).view(nt, heads, k, d)
+    tile_den = grid_a.sum(1).view(nt, heads, k)
     tile_set = torch.repeat_interleave(distinct, tiles)
-    num = num.index_add(0, tile_set, sums.view(nt, heads, k, d))
-    return num, den.index_add(0, set_index, a)
+    return segment_sum(sums, tile_set, num_sets), segment_sum(tile_den, tile_set, num_sets)

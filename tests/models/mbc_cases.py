@@ -18,6 +18,15 @@ DEEPSETS = [
     {"kind": "deepsets", "phi": [8, 8], "rho": [8], "pooling": pooling}
     for pooling in ("sum", "mean", "max")
 ]
+# Each (residual, random slots) pair gets its own slot head, so every head meets both
+# residual settings: residual + SAB/PMA head, no residual + MLP head, residual + MLP
+# head, no residual + a head with no SAB layer and two PMA seeds.
+SLOT_HEADS = {
+    (True, True): {"kind": "set_transformer"},
+    (False, True): {"kind": "mlp"},
+    (True, False): {"kind": "mlp"},
+    (False, False): {"kind": "set_transformer", "sab_layers": 0, "pma_seeds": 2},
+}
 UMBC = [
     {
         "kind": "umbc",
@@ -28,8 +37,7 @@ UMBC = [
         "attention": attention,
         "slot_residual": residual,
         "random_slots": random_slots,
-        # Alternate the two slot heads so both run through every property.
-        "slot_head": {"kind": "set_transformer"} if residual else {"kind": "mlp"},
+        "slot_head": SLOT_HEADS[residual, random_slots],
     }
     for attention, residual, random_slots in itertools.product(
         ("slot_sigmoid", "sigmoid", "slot_softmax", "set_softmax"), (True, False), (True, False)
@@ -41,9 +49,15 @@ MBC_ENCODERS = DEEPSETS + UMBC
 def encoder_id(spec: dict[str, Any]) -> str:
     if spec["kind"] == "deepsets":
         return f"deepsets-{spec['pooling']}"
+    head = spec["slot_head"]
+    head_id = (
+        "mlp"
+        if head["kind"] == "mlp"
+        else f"st{head.get('sab_layers', 1)}x{head.get('pma_seeds', 1)}"
+    )
     return (
         f"umbc-{spec['attention']}-{'res' if spec['slot_residual'] else 'nores'}"
-        f"-{'rand' if spec['random_slots'] else 'det'}"
+        f"-{'rand' if spec['random_slots'] else 'det'}-{head_id}"
     )
 
 
