@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from setpipe.errors import DataError
+
 
 @dataclass(frozen=True)
 class SetBatch:
@@ -68,18 +70,6 @@ class SetBatch:
         x[set_index, pos] = self.values
         mask[set_index, pos] = True
         return x, mask
-
-    def chunks(self, budget: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Element-budget chunks ``(values [e, F], set_index [e])``, each of at most ``budget``.
-
-        A chunk may cut through a set; an MBC encoder's ``update`` merges the pieces.
-        """
-        if budget < 1:
-            raise ValueError(f"chunk budget must be >= 1, got {budget}")
-        set_index = self.set_index()
-        for start in range(0, self.num_elements, budget):
-            stop = min(start + budget, self.num_elements)
-            yield self.values[start:stop], set_index[start:stop]
 
     def select(self, sets: torch.Tensor | list[int]) -> SetBatch:
         """A new batch holding only the given sets, in the given order."""
@@ -163,3 +153,26 @@ class SetBatch:
             targets=targets,
             element_targets=element_targets,
         )
+
+
+def set_of(offsets: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The set index of the elements at ``positions`` (any int64 tensor), from ``offsets``."""
+    return torch.searchsorted(offsets[1:], positions, right=True)
+
+
+def chunk_ranges(
+    batch: SetBatch, chunk_size: int
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """``(start, stop, values, set_index)`` of element-budget chunks of at most ``chunk_size``.
+
+    A chunk may cut through a set; an MBC encoder's ``update`` merges the pieces. The set
+    index is computed per chunk only: ``batch.set_index()`` would hold 8 bytes an element
+    for the whole batch (80 MB for a 1e7-element set).
+    """
+    if chunk_size < 1:
+        raise DataError(f"chunk_size must be at least 1, got {chunk_size}: set train.chunk_size")
+    device = batch.values.device
+    for start in range(0, batch.num_elements, chunk_size):
+        stop = min(start + chunk_size, batch.num_elements)
+        positions = torch.arange(start, stop, device=device)
+        yield start, stop, batch.values[start:stop], set_of(batch.offsets, positions)

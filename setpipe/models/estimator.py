@@ -15,7 +15,9 @@ paths that bypass S stay unscaled, sets of different sizes get their own factor,
 DDP averages gradients that are already right. (Scaling parameter gradients after
 backward, as the reference code does, is biased as soon as such a path exists.)
 Max pooling works too: the gradient reaches the arg-max element only when it is in
-the subset (probability M/n), times n/M.
+the subset (probability M/n), times n/M; k tied maxima get 1/k each, as in the whole
+set's amax, because merging two tied partial maxima splits by their tie counts
+(setpipe/models/deepsets.py).
 
 Rank (score_i = g(x_i, ctx_b)): the loss needs every element's score, and each score's
 gradient reaches θ through g and through ctx_b. Scores of a second, independent
@@ -23,23 +25,39 @@ uniform subset (same sizes) are computed with autograd and their gradient scaled
 n_b/M_b; the other scores under no_grad. With one subset for both passes the product
 (scoring estimate × context estimate) would be biased (both depend on the same draw);
 with independent draws the expectation factorises, so the estimate stays unbiased.
-Memory for rank is the [E] score vector plus two subsets' activations.
+Memory for rank is the [E] score vector plus two subsets' activations. The scores are
+float32 (float64 for float64 values) even when the head runs in bf16 under autocast, and
+the n/M factor is applied to them there: a bf16 factor would be rounded (333.33 -> 334,
+7/3 -> 2.328), a bias of ~0.2% on the gradient of every element of the set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-from setpipe.data.batch import SetBatch
+from setpipe.data.batch import SetBatch, chunk_ranges, set_of
 from setpipe.errors import ModelError
-from setpipe.models.protocol import MBCState, scale_grad, state_dtype
+from setpipe.models.protocol import MBCEncoder, MBCState, scale_grad, state_dtype
 
-if TYPE_CHECKING:
-    from setpipe.models.set_model import SetModel
+MIN_REST_BLOCK = 1024
+"""Fewest elements per no-grad block when the budget is smaller: one ``update`` is ~40
+small ops (~0.7 ms on CPU), so blocks of M = 64 spend 5 s of a 3e5-element step on
+overhead; from 1024 on it is a few percent."""
+
+
+def rest_block(chunk_size: int, grad_budget: int) -> int:
+    """Elements per block of the no-grad pass: max(M, 1024), at most ``chunk_size``.
+
+    Not ``chunk_size`` itself: a no-grad UMBC update holds ~1.7 KB an element at once
+    (embedding, keys, values, logits, weights, tile layout), the gradient subset's graph
+    ~2.8 KB an element, so a block up to about M keeps the step's peak at the graph's;
+    blocks of 4096 beside M = 1024 raise it 2.7x (bench/memory_vs_set_size.py).
+    """
+    return min(chunk_size, max(grad_budget, MIN_REST_BLOCK))
 
 
 @dataclass(frozen=True)
@@ -52,28 +70,6 @@ class GradSubsets:
     """float64 [B]: n_b / M_b (1 for sets that fit the budget whole)."""
     score: torch.Tensor | None = None
     """int64 [ΣM_b], sorted: an independent subset for the rank scoring pass (rank only)."""
-
-
-def set_of(offsets: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """The set index of element ``positions`` (any int64 tensor) from the batch offsets."""
-    return torch.searchsorted(offsets[1:], positions, right=True)
-
-
-def chunk_ranges(
-    batch: SetBatch, chunk_size: int
-) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """``(start, stop, values, set_index)`` per chunk, computing set_index per chunk only.
-
-    ``SetBatch.chunks`` materialises set_index for the whole batch (8 bytes an element:
-    80 MB for a 1e7-element set); this keeps the bookkeeping to one chunk.
-    """
-    if chunk_size < 1:
-        raise ModelError(f"chunk_size must be at least 1, got {chunk_size}")
-    device = batch.values.device
-    for start in range(0, batch.num_elements, chunk_size):
-        stop = min(start + chunk_size, batch.num_elements)
-        positions = torch.arange(start, stop, device=device)
-        yield start, stop, batch.values[start:stop], set_of(batch.offsets, positions)
 
 
 def _choose(n: int, m: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -169,48 +165,57 @@ def _rest(
 
 
 def estimated_forward(
-    model: SetModel,
+    encoder: MBCEncoder,
+    head: nn.Module,
     batch: SetBatch,
     subsets: GradSubsets,
     chunk_size: int,
     generator: torch.Generator | None = None,
     state0: MBCState | None = None,
-    rest_block: int | None = None,
+    *,
+    rank: bool = False,
+    block: int | None = None,
 ) -> torch.Tensor:
-    """The model's outputs on ``batch`` with the gradient carried by ``subsets`` only.
+    """The outputs of ``head`` on ``encoder``'s embedding of ``batch``, with the gradient
+    carried by ``subsets`` only. ``rank``: the head scores elements, ``head(values,
+    set_index, embedding) -> [e]``; otherwise it maps embeddings, ``head(embedding)``.
 
     ``state0`` is the initial state (its random slots) when already drawn, else it is
     drawn here from ``generator``. The no-grad pass runs first, while no graph is alive,
-    in blocks of at most ``rest_block`` elements (default ``chunk_size``): the step's
-    peak memory is then the larger of the gradient subset's graph and one block, not
-    their sum. Blocking does not change the result (the encoder is MBC).
+    in blocks of ``block`` elements (default ``chunk_size``; ``rest_block`` chooses it
+    in training): the step's peak memory is then the larger of the gradient subset's
+    graph and one no-grad block, not their sum. Blocking does not change the result
+    (the encoder is MBC).
     """
-    enc = model.encoder
     values, offsets = batch.values, batch.offsets
     if state0 is None:
-        state0 = enc.init_state(batch.num_sets, values.device, state_dtype(values.dtype), generator)
+        state0 = encoder.init_state(
+            batch.num_sets, values.device, state_dtype(values.dtype), generator
+        )
 
     with torch.no_grad():
         rest = state0
-        for _, chunk, set_index in _rest(batch, subsets.pool, rest_block or chunk_size):
-            rest = enc.update(rest, chunk, set_index)
+        for _, chunk, set_index in _rest(batch, subsets.pool, block or chunk_size):
+            rest = encoder.update(rest, chunk, set_index)
 
     sub = state0
     for i in range(0, subsets.pool.numel(), chunk_size):
         idx = subsets.pool[i : i + chunk_size]
-        sub = enc.update(sub, values[idx], set_of(offsets, idx))
-    sub = {k: scale_grad(v, subsets.factor) if k in enc.partial_keys else v for k, v in sub.items()}
-    embedding = enc.finalize(enc.merge(sub, rest), batch.context)
+        sub = encoder.update(sub, values[idx], set_of(offsets, idx))
+    sub = {
+        k: scale_grad(v, subsets.factor) if k in encoder.partial_keys else v for k, v in sub.items()
+    }
+    embedding = encoder.finalize(encoder.merge(sub, rest), batch.context)
 
-    if model.task != "rank":
-        return model.head(embedding)
+    if not rank:
+        return head(embedding)  # type: ignore[no-any-return]
     if subsets.score is None:
         raise ModelError("rank needs an independent scoring subset: sample_subsets(scoring=True)")
-    scores = torch.empty(batch.num_elements, device=values.device, dtype=embedding.dtype)
+    scores = torch.empty(batch.num_elements, device=values.device, dtype=state_dtype(values.dtype))
     with torch.no_grad():
         for positions, chunk, set_index in _rest(batch, subsets.score, chunk_size):
-            scores[positions] = model.head(chunk, set_index, embedding).to(scores.dtype)
+            scores[positions] = head(chunk, set_index, embedding).to(scores.dtype)
     idx = subsets.score
     owner = set_of(offsets, idx)
-    graded = scale_grad(model.head(values[idx], owner, embedding), subsets.factor[owner])
-    return scores.index_copy(0, idx, graded.to(scores.dtype))
+    graded = scale_grad(head(values[idx], owner, embedding).to(scores.dtype), subsets.factor[owner])
+    return scores.index_copy(0, idx, graded)

@@ -13,10 +13,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from setpipe.data.batch import SetBatch
+from setpipe.data.batch import SetBatch, chunk_ranges
 from setpipe.errors import ModelError
-from setpipe.models.estimator import chunk_ranges, estimated_forward, sample_subsets
+from setpipe.models.estimator import estimated_forward, rest_block, sample_subsets
 from setpipe.models.protocol import MBCEncoder, state_dtype
+from setpipe.spec.models import DEFAULT_CHUNK_SIZE
 
 Task = Literal["classify", "regress", "rank"]
 
@@ -50,7 +51,9 @@ class SetModel(nn.Module):
         ``generator`` draws the per-set random slots (and the subsets).
         """
         if grad_budget is not None:
-            return self.forward_estimated(batch, grad_budget, chunk_size or 4096, generator)
+            return self.forward_estimated(
+                batch, grad_budget, chunk_size or DEFAULT_CHUNK_SIZE, generator
+            )
         return self.outputs(batch, self.encoder(batch, generator))
 
     def outputs(self, batch: SetBatch, embedding: torch.Tensor) -> torch.Tensor:
@@ -69,9 +72,10 @@ class SetModel(nn.Module):
         """Same outputs as ``forward``; the gradient is the unbiased n/M estimate from at most
         ``grad_budget`` elements per set (see setpipe/models/estimator.py).
 
-        The elements outside the subsets go through ``update`` under no_grad in blocks of
-        at most ``min(chunk_size, grad_budget)``: the gradient subset's graph, not the
-        no-grad pass, then sets the step's peak memory.
+        The elements outside the subsets go through ``update`` under no_grad first, before
+        the gradient subset's graph exists, in blocks of ``rest_block(chunk_size,
+        grad_budget)``: big enough that per-call overhead does not dominate, small enough
+        that the graph, not the no-grad pass, sets the step's peak memory.
         """
         if not self.is_mbc:
             raise ModelError(
@@ -85,7 +89,14 @@ class SetModel(nn.Module):
         )
         subsets = sample_subsets(batch, grad_budget, generator, scoring=self.task == "rank")
         return estimated_forward(
-            self, batch, subsets, chunk_size, state0=state0, rest_block=min(chunk_size, grad_budget)
+            enc,
+            self.head,
+            batch,
+            subsets,
+            chunk_size,
+            state0=state0,
+            rank=self.task == "rank",
+            block=rest_block(chunk_size, grad_budget),
         )
 
     # ------------------------------------------------------------------ constant memory

@@ -35,6 +35,25 @@ def loss_fn(model: SetModel, out: torch.Tensor, batch: SetBatch) -> torch.Tensor
     )
 
 
+def estimate(
+    model: SetModel,
+    batch: SetBatch,
+    subsets: GradSubsets,
+    chunk_size: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``estimated_forward`` on the model's encoder and head."""
+    return estimated_forward(
+        model.encoder,
+        model.head,
+        batch,
+        subsets,
+        chunk_size,
+        generator,
+        rank=model.task == "rank",
+    )
+
+
 def grads(model: SetModel, out: torch.Tensor, batch: SetBatch) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     loss_fn(model, out, batch).backward()
@@ -65,9 +84,7 @@ def assert_unbiased(model: SetModel, batch: SetBatch, m: int, chunk_size: int) -
     )
     total = {n: torch.zeros_like(g) for n, g in full.items()}
     for pool, score in pairs:
-        out = estimated_forward(
-            model, batch, GradSubsets(pool, factor, score), chunk_size, generator=gen()
-        )
+        out = estimate(model, batch, GradSubsets(pool, factor, score), chunk_size, gen())
         for n, g in grads(model, out, batch).items():
             total[n] += g
     assert len(pairs) == (math.comb(6, 2) if batch.num_sets == 1 else math.comb(5, 3)) ** (
@@ -106,7 +123,7 @@ def test_single_subset_is_not_the_full_gradient() -> None:
     batch = random_batch(ONE_SET)
     full = grads(model, model(batch, generator=gen()), batch)
     factor = torch.tensor([3.0], dtype=torch.float64)
-    out = estimated_forward(model, batch, GradSubsets(torch.tensor([0, 1]), factor), 4, gen())
+    out = estimate(model, batch, GradSubsets(torch.tensor([0, 1]), factor), 4, gen())
     one = grads(model, out, batch)
     assert (one["encoder.k.weight"] - full["encoder.k.weight"]).abs().max() > 1e-3
 
@@ -182,3 +199,100 @@ def test_estimator_under_ddp_matches_plain() -> None:
             torch.testing.assert_close(p.grad, plain[n], rtol=0, atol=1e-12, msg=n)
     finally:
         dist.destroy_process_group()
+
+
+def test_rank_factor_is_applied_in_float32_under_bf16_autocast() -> None:
+    """The n/M factor of the rank scoring pass must not be rounded to the head's bf16.
+
+    Set of n = 7, budget M = 3: n/M = 7/3, which bf16 holds as 2.328125. The loss is
+    Σ_i 27·score_i, so every element's score gets the cotangent 27 in the full pass, and
+    27·7/3 = 63 (a bf16 number) when it is in the scoring subset: the mean over all 35
+    subsets of the cotangent reaching the head is then 63·15/35 = 27, exactly the full
+    one. Rounding the factor first gives 27·2.328125 → 62.75, a 0.4% bias on every set.
+    """
+    model = make_model(DEEPSETS[0], "rank", dtype=torch.float32)
+    batch = random_batch([7], dtype=torch.float32)
+    seen: list[torch.Tensor] = []
+
+    def keep_cotangent(module, inputs, output) -> None:
+        if output.requires_grad:
+            output.register_hook(lambda g: seen.append(g.detach().float().clone()))
+
+    model.head.register_forward_hook(keep_cotangent)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+        assert out.dtype == torch.bfloat16  # the head's output is bf16 under autocast
+        (27 * out.float()).sum().backward()
+        full = seen.pop()
+        assert torch.equal(full, torch.full((7,), 27.0))
+        factor = torch.tensor([7 / 3], dtype=torch.float64)
+        pool = torch.arange(7)
+        total = torch.zeros(7)
+        subsets = [torch.tensor(c) for c in itertools.combinations(range(7), 3)]
+        for score in subsets:
+            out = estimate(model, batch, GradSubsets(pool, factor, score), 4)
+            (27 * out.float()).sum().backward()
+            total[score] += seen.pop()
+    torch.testing.assert_close(total / len(subsets), full, rtol=2.0**-24, atol=0)
+
+
+def tied_max_batch() -> SetBatch:
+    """One set of 6: three identical rows, large, so they tie for the maximum of phi's
+    features that grow along them; three small random rows."""
+    g = torch.Generator().manual_seed(3)
+    tied = torch.full((3, 3), 2.0, dtype=torch.float64)
+    small = 0.1 * torch.randn(3, 3, generator=g, dtype=torch.float64)
+    return SetBatch.from_sets([torch.cat([tied[:1], small, tied[1:]])])
+
+
+def test_max_pooling_with_three_tied_maxima_is_unbiased() -> None:
+    """The full-set subgradient of amax splits evenly over the k tied elements; the mean of
+    the estimator over all subsets (and any chunking) must give the same split."""
+    model = make_model(DEEPSETS[2], "classify")
+    batch = tied_max_batch()
+    h = model.encoder.phi(batch.values)
+    ties = (h == h.amax(0)).sum(0)
+    assert (ties == 3).any()  # some features really have three tied maxima
+    assert_unbiased(model, batch, m=2, chunk_size=2)
+
+
+def test_max_pooling_ties_chunked_gradient_equals_whole() -> None:
+    """Ties split across chunks (rows 0 | 1-3 | 4-5): each tied element gets the same
+    share of the gradient as in the whole set's amax (a third), not 1/2, 1/4, 1/4."""
+    model = make_model(DEEPSETS[2], "classify")
+    enc = model.encoder
+    batch = tied_max_batch()
+    index = batch.set_index()
+    shares = []
+    for bounds in ([(0, 6)], [(0, 1), (1, 4), (4, 6)]):
+        values = batch.values.clone().requires_grad_()
+        state = enc.init_state(1, dtype=torch.float64)
+        for lo, hi in bounds:
+            state = enc.update(state, values[lo:hi], index[lo:hi])
+        enc.pooled(state).sum().backward()  # d/dvalues: each element's share, through phi
+        shares.append(values.grad)
+    torch.testing.assert_close(shares[1], shares[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n", "budget", "chunk", "blocks"),
+    [
+        (3000, 16, 4096, 3),  # a small budget: blocks of 1024 (M = 16 made 188 of them)
+        (9000, 2048, 4096, 5),  # a budget above 1024: blocks of M, the graph's size
+        (3000, 16, 512, 6),  # never more than chunk_size
+    ],
+)
+def test_no_grad_pass_runs_in_blocks_of_max_budget_1024(
+    n: int, budget: int, chunk: int, blocks: int
+) -> None:
+    """The elements outside the subset go through the encoder in blocks of
+    min(chunk_size, max(M, 1024)): per-call overhead made M = 64 blocks 6x slower."""
+    model = make_model(DEEPSETS[0], dtype=torch.float32)
+    batch = random_batch([n], dtype=torch.float32)
+    sizes: list[int] = []
+    model.encoder.phi.register_forward_hook(
+        lambda m, i, o: None if torch.is_grad_enabled() else sizes.append(i[0].shape[0])
+    )
+    model.forward_estimated(batch, budget, chunk, torch.Generator().manual_seed(0))
+    assert len(sizes) == blocks and sum(sizes) == n - budget
+    assert max(sizes) <= min(chunk, max(budget, 1024))
