@@ -7,8 +7,10 @@ import signal
 import time
 
 from setpipe.commands._model_args import add_model_arguments, positive_int, tracking_uri
+from setpipe.data.request import Limits
 from setpipe.errors import ServeError
 from setpipe.serve.ingress import DEFAULT_INGRESS, INGRESSES, use_local_ingress
+from setpipe.spec.models import DEFAULT_ELEMENT_BUDGET
 
 HELP = "Serve a registered model over HTTP (Ray Serve), following its alias as it moves."
 
@@ -41,18 +43,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument(
         "--autoscale", type=_autoscale, metavar="MIN:MAX", help="autoscale between MIN and MAX"
     )
-    parser.add_argument("--max-sets", type=positive_int, help="sets per request (default 4096)")
+    limits = {name: field.default for name, field in Limits.model_fields.items()}
     parser.add_argument(
-        "--max-elements-per-set", type=positive_int, help="elements per set (default 2000000)"
+        "--max-sets", type=positive_int, help=f"sets per request (default {limits['max_sets']})"
     )
     parser.add_argument(
-        "--max-body-bytes", type=positive_int, help="request body bytes (default 128 MiB)"
+        "--max-elements-per-set",
+        type=positive_int,
+        help=f"elements per set (default {limits['max_elements_per_set']})",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        help=f"request body bytes (default {limits['max_body_bytes']})",
     )
     parser.add_argument(
         "--batch-elements",
         type=positive_int,
-        default=16384,
-        help="element budget of one model batch across concurrent requests (default 16384)",
+        default=DEFAULT_ELEMENT_BUDGET,
+        help="element budget of one model batch across concurrent requests "
+        f"(default {DEFAULT_ELEMENT_BUDGET})",
     )
     parser.add_argument(
         "--poll-seconds",
@@ -70,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from setpipe.data.request import Limits
     from setpipe.serve.app import ServeConfig, start
     from setpipe.tracking.store import parse_registry_uri, resolve
 

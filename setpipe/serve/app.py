@@ -45,6 +45,7 @@ from setpipe.serve.schema import (
     decode_body,
     parse_request,
 )
+from setpipe.spec.models import DEFAULT_ELEMENT_BUDGET
 from setpipe.tracking.store import not_a_registered_uri, parse_registry_uri, resolve
 
 APP_NAME = "setpipe"
@@ -67,7 +68,9 @@ class ServeConfig(BaseModel):
     tracking_uri: str | None = Field(default=None, description="MLflow tracking URI.")
     limits: Limits = Field(default_factory=Limits)
     element_budget: int = Field(
-        default=16384, ge=1, description="Elements per model batch; larger requests run alone."
+        default=DEFAULT_ELEMENT_BUDGET,
+        ge=1,
+        description="Elements per model batch; larger requests run alone.",
     )
     replicas: int = Field(default=1, ge=1, description="Fixed replica count (no autoscale).")
     autoscale: tuple[int, int] | None = Field(default=None, description="(min, max) replicas.")

@@ -14,7 +14,8 @@ Output columns: the keys, then by task
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from setpipe.data.batching import budget_bounds
+from setpipe.data.layout import element_columns
 from setpipe.errors import DataError, ServeError
-from setpipe.spec.models import DataSpec, JobSpec, ParallelLists
+from setpipe.spec.models import DataSpec, JobSpec
 
 
 @dataclass(frozen=True)
@@ -51,28 +54,11 @@ def input_spec(job: JobSpec, source: str) -> DataSpec:
     )
 
 
-def element_columns(spec: DataSpec) -> list[str]:
-    layout = spec.elements
-    return list(layout.columns) if isinstance(layout, ParallelLists) else [layout.column]
-
-
 def output_schema_names(job: JobSpec) -> list[str]:
     task = job.model.task
     if task == "classify":
         return [f"prob_{c}" for c in range(job.model.num_classes or 0)] + ["label"]
     return ["value"] if task == "regress" else ["scores"]
-
-
-def _budget_slices(sizes: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
-    """Row ranges [start, stop) of at most ``budget`` elements (a bigger row goes alone)."""
-    start, total = 0, 0
-    for i, n in enumerate(sizes.tolist()):
-        if i > start and total + n > budget:
-            yield start, i
-            start, total = i, 0
-        total += n
-    if start < len(sizes):
-        yield start, len(sizes)
 
 
 def prediction_columns(job: JobSpec, outputs: list[dict[str, Any]]) -> dict[str, pa.Array]:
@@ -115,7 +101,8 @@ class Predictor:
         sizes = pc.list_value_length(table.column(element_columns(self.spec)[0]))
         sizes = sizes.to_numpy(zero_copy_only=False)
         outputs: list[dict[str, Any]] = []
-        for start, stop in _budget_slices(sizes, self.budget):
+        bounds = budget_bounds(sizes, self.budget).tolist()
+        for start, stop in itertools.pairwise(bounds):
             batch = table_to_batch(table.slice(start, stop - start), self.spec)
             outputs.extend(self.loaded.predict_batch(batch))
         columns = {name: table.column(name) for name in self.keep}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +11,19 @@ import pytest
 from serve_helpers import Registered
 
 from setpipe.cli import main
+from setpipe.data.batching import budget_bounds
 from setpipe.errors import ServeError
-from setpipe.serve.batch_predict import _budget_slices
 
 
-def test_budget_slices_close_before_the_budget_and_let_a_big_row_go_alone() -> None:
+def test_predict_slices_by_the_training_rule() -> None:
+    """batch_predict cuts row ranges with the trainer's own budget_bounds (one rule)."""
+
+    def slices(sizes: np.ndarray, budget: int) -> list[tuple[int, int]]:
+        return list(itertools.pairwise(budget_bounds(sizes, budget).tolist()))
+
     sizes = np.array([3, 4, 2, 10, 1, 1])
-    assert list(_budget_slices(sizes, 8)) == [(0, 2), (2, 3), (3, 4), (4, 6)]
-    assert list(_budget_slices(np.array([], dtype=np.int64), 8)) == []
+    assert slices(sizes, 8) == [(0, 2), (2, 3), (3, 4), (4, 6)]
+    assert slices(np.array([], dtype=np.int64), 8) == []
 
 
 def test_predict_writes_one_row_per_input_row_with_keys(
