@@ -18,6 +18,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from setpipe.errors import RegistryError
 from setpipe.spec.models import JobSpec
 from setpipe.tracking.store import tracking_uri_for
 
@@ -61,9 +62,11 @@ def decide(
     direction: str,
 ) -> tuple[bool, str]:
     """Whether the alias moves, and why (pure: the whole gate rule in one place)."""
+    if challenger is not None and not math.isfinite(challenger):
+        return False, f"{metric} is {challenger}: a model without a finite figure is never promoted"
     if champion_version is None:
         return True, "no champion yet"
-    if challenger is None or not math.isfinite(challenger):
+    if challenger is None:
         return False, f"no {metric} for this version (no validation data)"
     if champion is None:
         return True, f"champion version {champion_version} has no recorded {metric}"
@@ -86,7 +89,11 @@ def register_and_gate(
     name, alias = job.model_name, job.tracking.alias
     metric, direction = job.promotion
     if metric_value is not None and not math.isfinite(metric_value):
-        metric_value = None
+        # A NaN figure once read as "no figure", and with no champion yet a NaN model won.
+        raise RegistryError(
+            f"{job.name}: the gate metric {metric} is {metric_value}, not a number; the model "
+            "is not registered (non-finite outputs or loss: check the learning rate and the data)"
+        )
     try:
         client.create_registered_model(name)
     except MlflowException as err:

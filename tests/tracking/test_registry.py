@@ -9,6 +9,7 @@ import pytest
 from conftest import make_job
 from mlflow.tracking import MlflowClient
 
+from setpipe.errors import RegistryError
 from setpipe.spec.models import JobSpec
 from setpipe.tracking.registry import CHALLENGER, GateDecision, decide, register_and_gate
 
@@ -24,7 +25,7 @@ from setpipe.tracking.registry import CHALLENGER, GateDecision, decide, register
         ),
         (
             math.nan, "1", 0.7, "val_auc", "maximize",
-            (False, "no val_auc for this version (no validation data)"),
+            (False, "val_auc is nan: a model without a finite figure is never promoted"),
         ),
         (
             0.7, "1", None, "val_auc", "maximize",
@@ -76,27 +77,26 @@ def test_register_and_gate_moves_the_champion_only_on_merit(
     client = MlflowClient(store, registry_uri=store)
     decisions: list[GateDecision] = []
     run_ids = []
-    for value in (0.7, 0.6, None, math.inf, 0.8):
+    for value in (0.7, 0.6, None, 0.8):
         run_ids.append(_run(job, store))
         decisions.append(register_and_gate(job, run_ids[-1], str(model_dir), value))
         challenger = client.get_model_version_by_alias("t-classify", CHALLENGER)
         assert str(challenger.version) == decisions[-1].version
-    assert [d.version for d in decisions] == ["1", "2", "3", "4", "5"]
-    assert [d.moved for d in decisions] == [True, False, False, False, True]
+    assert [d.version for d in decisions] == ["1", "2", "3", "4"]
+    assert [d.moved for d in decisions] == [True, False, False, True]
     assert [d.reason for d in decisions] == [
         "no champion yet",
         "val_auc 0.6 < 0.7 of version 1: does not beat the champion (maximize)",
         "no val_auc for this version (no validation data)",
-        "no val_auc for this version (no validation data)",  # inf counts as no figure
         "val_auc 0.8 > 0.7 of version 1: beats the champion (maximize)",
     ]
-    assert [d.challenger_metric for d in decisions] == [0.7, 0.6, None, None, 0.8]
-    assert [d.champion_version_before for d in decisions] == [None, "1", "1", "1", "1"]
-    assert [d.champion_metric_before for d in decisions] == [None, 0.7, 0.7, 0.7, 0.7]
-    assert str(client.get_model_version_by_alias("t-classify", "champion").version) == "5"
+    assert [d.challenger_metric for d in decisions] == [0.7, 0.6, None, 0.8]
+    assert [d.champion_version_before for d in decisions] == [None, "1", "1", "1"]
+    assert [d.champion_metric_before for d in decisions] == [None, 0.7, 0.7, 0.7]
+    assert str(client.get_model_version_by_alias("t-classify", "champion").version) == "4"
 
-    tags = [client.get_model_version("t-classify", str(v)).tags for v in range(1, 6)]
-    assert [t.get("setpipe.metric") for t in tags] == ["0.7", "0.6", None, None, "0.8"]
+    tags = [client.get_model_version("t-classify", str(v)).tags for v in range(1, 5)]
+    assert [t.get("setpipe.metric") for t in tags] == ["0.7", "0.6", None, "0.8"]
     assert {t["setpipe.metric_name"] for t in tags} == {"val_auc"}
     assert {t["setpipe.job"] for t in tags} == {"t-classify"}
     assert client.get_model_version("t-classify", "2").run_id == run_ids[1]
@@ -120,6 +120,31 @@ def test_register_and_gate_moves_the_champion_only_on_merit(
     first = client.get_run(run_ids[0]).data
     assert first.metrics == {"gate.moved": 1.0, "gate.challenger_metric": 0.7}
     assert first.tags["gate.champion_version_before"] == "none"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_gate_metric_is_never_registered(
+    workdir: Path, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: float
+) -> None:
+    """Before: a NaN val_auc was taken as "no figure", and with no champion yet the NaN
+    model was registered and became champion."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_job(workdir, "classify")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    run_id = _run(job, store)
+    with pytest.raises(RegistryError) as err:
+        register_and_gate(job, run_id, str(model_dir), value)
+    assert str(err.value) == (
+        f"t-classify: the gate metric val_auc is {value}, not a number; the model is not "
+        "registered (non-finite outputs or loss: check the learning rate and the data)"
+    )
+    client = MlflowClient(store, registry_uri=store)
+    assert client.search_model_versions("name = 't-classify'") == []
+    assert decide(value, None, None, "val_auc", "maximize") == (
+        False,
+        f"val_auc is {value}: a model without a finite figure is never promoted",
+    )
 
 
 def test_gate_follows_the_jobs_metric_and_alias(
