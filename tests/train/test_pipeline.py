@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from sets_data import job_dict, make_data
 
 import setpipe
+from setpipe import attempts
 from setpipe.errors import TrainError
 from setpipe.pipeline import run
 from setpipe.spec import job_from_dict
@@ -127,7 +128,13 @@ def test_worker_exit_in_epoch_2_resumes_and_leaves_one_finished_run(
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert summary.metrics["val_auc"] > 0.9
     state = json.loads((workdir / "runs" / "fails" / "state.json").read_text())
-    assert state == {"run_id": summary.run_id, "ray_run": state["ray_run"], "status": "FINISHED"}
+    assert state == {
+        "run_id": summary.run_id,
+        "ray_run": state["ray_run"],
+        "status": "FINISHED",
+        "job_digest": attempts.job_digest(job),
+        "job": attempts.trained_fields(job),
+    }
     assert store.get_model_version(job.model_name, summary.version).run_id == summary.run_id
 
 
