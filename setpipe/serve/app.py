@@ -46,6 +46,7 @@ from setpipe.serve.schema import (
     parse_request,
 )
 from setpipe.spec.models import DEFAULT_ELEMENT_BUDGET
+from setpipe.tracking.pyfunc import NON_FINITE_HINT, non_finite_sets
 from setpipe.tracking.store import not_a_registered_uri, parse_registry_uri, resolve
 
 APP_NAME = "setpipe"
@@ -168,7 +169,8 @@ class SetModelServer:
 
     def _predict(self, batch: Any) -> tuple[Any, list[dict]]:
         loaded = self._loaded  # read once: the whole batch runs on this version
-        return loaded, loaded.predict_batch(batch)
+        # Several requests share a batch: each is checked for non-finite outputs on its own.
+        return loaded, loaded.predict_batch(batch, allow_non_finite=True)
 
     @api.get("/health")
     async def health(self) -> dict[str, str]:
@@ -230,6 +232,14 @@ class SetModelServer:
         if self._batcher is None:
             self._batcher = ElementBatcher(self._predict, self._config.element_budget)
         ran, outputs = await self._batcher.submit(parsed.batch)
+        bad = non_finite_sets(outputs)
+        if bad:  # never handed to the JSON encoder (NaN is not JSON)
+            return _error(
+                422,
+                "; ".join(f"sets[{i}]" for i in bad[:10])
+                + f": the model's output is not finite (NaN or infinite). Likely cause: "
+                f"{NON_FINITE_HINT}",
+            )
         return JSONResponse(
             {"model": {"name": ran.name, "version": ran.version}, "predictions": outputs}
         )

@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from setpipe.data.batching import budget_bounds
 from setpipe.data.layout import element_columns
-from setpipe.errors import DataError, ServeError
+from setpipe.errors import DataError, ServeError, SetpipeError
 from setpipe.spec.models import DataSpec, JobSpec
+from setpipe.tracking.pyfunc import NON_FINITE_HINT, NonFiniteOutput
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,42 @@ class Predictor:
         bounds = budget_bounds(sizes, self.budget).tolist()
         for start, stop in itertools.pairwise(bounds):
             batch = table_to_batch(table.slice(start, stop - start), self.spec)
-            outputs.extend(self.loaded.predict_batch(batch))
+            try:
+                outputs.extend(self.loaded.predict_batch(batch))
+            except NonFiniteOutput as err:
+                raise self._non_finite(table, start, err) from None
         columns = {name: table.column(name) for name in self.keep}
         columns.update(prediction_columns(self.loaded.job, outputs))
         return pa.table(columns)
+
+
+    def _non_finite(self, table: pa.Table, start: int, err: NonFiniteOutput) -> ServeError:
+        rows = [start + i for i in err.sets]
+        key = self.spec.key
+        if key is not None and key in table.column_names:
+            values = table.column(key).take(rows[:5]).to_pylist()
+            named = ", ".join(f"{key}={v}" for v in values)
+        else:
+            named = f"{len(rows)} row(s) (add the job's data.key to name them)"
+        return ServeError(
+            f"{self.source}: the model's output is not finite (NaN or infinite) for {named}; "
+            f"no predictions were written. Likely cause: {NON_FINITE_HINT}"
+        )
+
+
+def _setpipe_cause(err: BaseException) -> SetpipeError | None:
+    """The SetpipeError a Ray actor raised, out of the Ray errors wrapped around it."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)  # RayTaskError keeps the actor's exception
+        if isinstance(cause, SetpipeError):
+            return type(cause)(str(cause))
+        if isinstance(current, SetpipeError) and type(current).__module__.startswith("setpipe"):
+            return current
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+    return None
 
 
 def predict_dataset(
@@ -176,7 +209,15 @@ def predict_dataset(
         num_cpus=num_cpus,
     )
     out.mkdir(parents=True, exist_ok=True)
-    predicted.write_parquet(str(out))
+    try:
+        predicted.write_parquet(str(out))
+    except Exception as err:
+        cause = _setpipe_cause(err)
+        if cause is None:
+            raise
+        for partial in out.glob("*.parquet"):  # never leave half the predictions behind
+            partial.unlink()
+        raise cause from None
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(out.glob("*.parquet")))
     skipped = ds.count() - rows
     return PredictSummary(name, str(version), rows, skipped, str(out))

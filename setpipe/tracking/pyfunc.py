@@ -23,6 +23,7 @@ rank ``{"scores": [...]}`` (one per element, in input order).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import warnings
@@ -72,6 +73,33 @@ def task_outputs(task: str, out: torch.Tensor, offsets: torch.Tensor) -> list[di
     return [{"scores": scores[lo:hi]} for lo, hi in pairwise(bounds)]
 
 
+class NonFiniteOutput(ModelError):
+    """The model's output for some sets is NaN or infinite: never written, never served."""
+
+    def __init__(self, sets: list[int], message: str) -> None:
+        super().__init__(message)
+        self.sets = sets
+
+
+def non_finite_sets(outputs: list[dict[str, Any]]) -> list[int]:
+    """Indices of the per-set outputs holding a NaN or an infinity."""
+
+    def finite(value: Any) -> bool:
+        if isinstance(value, float):
+            return math.isfinite(value)
+        if isinstance(value, list):
+            return all(finite(v) for v in value)
+        return True
+
+    return [i for i, out in enumerate(outputs) if not all(finite(v) for v in out.values())]
+
+
+NON_FINITE_HINT = (
+    "a feature outside what the model was trained on (e.g. a value whose transform is not "
+    "finite, like log of 0), or weights that diverged in training"
+)
+
+
 @dataclass
 class LoadedSetModel:
     """A logged model in memory: the job, the SetModel (eval), the fitted transforms."""
@@ -112,16 +140,31 @@ class LoadedSetModel:
         model.eval()
         return cls(job=job, model=model, transforms=transforms, name=name, version=version)
 
-    def predict_batch(self, raw: SetBatch) -> list[dict[str, Any]]:
+    def predict_batch(
+        self, raw: SetBatch, *, allow_non_finite: bool = False
+    ) -> list[dict[str, Any]]:
         """Per-set outputs for a batch of RAW element features (transforms applied here).
 
-        ``predict_chunked`` keeps memory constant in the set size (MBC encoders).
+        ``predict_chunked`` keeps memory constant in the set size (MBC encoders). A set whose
+        output is not finite raises NonFiniteOutput naming it, unless ``allow_non_finite``
+        (the server checks each request's own sets after batching several together).
         """
         batch = self.transforms.apply(raw)
         device = next(self.model.parameters()).device
         with torch.inference_mode():
             out = self.model.predict_chunked(batch.to(device), self.job.train.chunk_size)
-        return task_outputs(self.job.model.task, out.cpu(), batch.offsets.cpu())
+        outputs = task_outputs(self.job.model.task, out.cpu(), batch.offsets.cpu())
+        bad = [] if allow_non_finite else non_finite_sets(outputs)
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (
+                f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+            )
+            raise NonFiniteOutput(
+                bad,
+                f"the model's output is not finite (NaN or infinite) for set(s) {shown} of "
+                f"{len(outputs)}; nothing was returned for them. Likely cause: {NON_FINITE_HINT}",
+            )
+        return outputs
 
     def predict_sets(self, sets: list[SetInput] | list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per-set outputs for sets in the request format (the pyfunc's predict)."""

@@ -230,3 +230,34 @@ def test_logging_a_model_leaves_mlflows_global_state_alone(
     assert load_set_model(uri, store).predict_batch(raw) == load_set_model(
         str(local)
     ).predict_batch(raw)
+
+
+@pytest.mark.parametrize("task", ["classify", "regress", "rank"])
+def test_non_finite_outputs_are_never_returned_silently(
+    task: str, workdir: Path, store: str
+) -> None:
+    """A model whose weights went NaN: the
+    pyfunc and predict_batch name the sets instead of returning NaN (JSON has no NaN)."""
+    from setpipe.tracking.pyfunc import NonFiniteOutput, non_finite_sets
+
+    job = make_job(workdir, task)
+    raw = raw_batch(job, SIZES)
+    state = trained_state(job)
+    run_id = open_run(job)
+    uri = log_model(run_id, job, state, fitted(job, raw), HISTORY, raw)
+    close_run(run_id, "FINISHED")
+    loaded = load_set_model(uri, store)
+    with torch.no_grad():
+        next(loaded.model.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteOutput) as err:
+        loaded.predict_batch(raw)
+    assert err.value.sets == [0, 1, 2, 3]
+    assert str(err.value) == (
+        "the model's output is not finite (NaN or infinite) for set(s) 0, 1, 2, 3 of 4; nothing "
+        "was returned for them. Likely cause: a feature outside what the model was trained on "
+        "(e.g. a value whose transform is not finite, like log of 0), or weights that diverged "
+        "in training"
+    )
+    outputs = loaded.predict_batch(raw, allow_non_finite=True)  # the server checks per request
+    assert non_finite_sets(outputs) == [0, 1, 2, 3]
+    assert non_finite_sets([{"value": 1.0}, {"scores": [0.5, float("inf")]}]) == [1]
