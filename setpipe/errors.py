@@ -38,3 +38,29 @@ class ServeError(SetpipeError):
 
 class JobError(SetpipeError):
     """A Ray job submission, lookup or schedule failed."""
+
+
+def setpipe_cause(err: BaseException) -> SetpipeError | None:
+    """The SetpipeError inside an error that Ray wrapped around it, or None.
+
+    A Ray task or actor keeps the exception it raised as ``.cause`` (``RayTaskError``); a
+    Ray Train worker group keeps each rank's as ``.worker_failures`` (``WorkerGroupError``).
+    Followed through those and ``__cause__``, so a bad row found in a read task or a NaN
+    loss on rank 1 reaches the user as setpipe's one-line message, not a Ray traceback.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [err]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, SetpipeError) and type(current).__module__.startswith("setpipe"):
+            return current
+        failures = getattr(current, "worker_failures", None)
+        if isinstance(failures, dict):
+            pending += [f for _, f in sorted(failures.items()) if isinstance(f, BaseException)]
+        for inner in (getattr(current, "cause", None), current.__cause__):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+    return None

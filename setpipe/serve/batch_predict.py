@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from setpipe.data.batching import budget_bounds
 from setpipe.data.layout import element_columns
-from setpipe.errors import DataError, ServeError, SetpipeError
+from setpipe.errors import DataError, ServeError, setpipe_cause
 from setpipe.spec.models import DataSpec, JobSpec
 from setpipe.tracking.pyfunc import NON_FINITE_HINT, NonFiniteOutput
 
@@ -113,7 +113,6 @@ class Predictor:
         columns.update(prediction_columns(self.loaded.job, outputs))
         return pa.table(columns)
 
-
     def _non_finite(self, table: pa.Table, start: int, err: NonFiniteOutput) -> ServeError:
         rows = [start + i for i in err.sets]
         key = self.spec.key
@@ -126,21 +125,6 @@ class Predictor:
             f"{self.source}: the model's output is not finite (NaN or infinite) for {named}; "
             f"no predictions were written. Likely cause: {NON_FINITE_HINT}"
         )
-
-
-def _setpipe_cause(err: BaseException) -> SetpipeError | None:
-    """The SetpipeError a Ray actor raised, out of the Ray errors wrapped around it."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        cause = getattr(current, "cause", None)  # RayTaskError keeps the actor's exception
-        if isinstance(cause, SetpipeError):
-            return type(cause)(str(cause))
-        if isinstance(current, SetpipeError) and type(current).__module__.startswith("setpipe"):
-            return current
-        current = cause if isinstance(cause, BaseException) else current.__cause__
-    return None
 
 
 def predict_dataset(
@@ -212,7 +196,7 @@ def predict_dataset(
     try:
         predicted.write_parquet(str(out))
     except Exception as err:
-        cause = _setpipe_cause(err)
+        cause = setpipe_cause(err)
         if cause is None:
             raise
         for partial in out.glob("*.parquet"):  # never leave half the predictions behind

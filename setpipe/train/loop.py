@@ -33,7 +33,7 @@ from setpipe.spec.models import JobSpec
 from setpipe.train import checkpoint as ckpt
 from setpipe.train.hooks import Attempt, LoopHooks
 from setpipe.train.metrics import Evaluation
-from setpipe.train.worker import Worker, build_worker, evaluate, train_step
+from setpipe.train.worker import Worker, build_worker, check_loss, evaluate, train_step
 
 EpochLog = Callable[[int, dict[str, float]], None]
 """Called on rank 0 after each epoch with (0-based epoch, metrics), e.g. to log to MLflow.
@@ -117,7 +117,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         metrics, seconds = train_epoch(worker, state, epoch, hooks, attempt, progress)
         validation = evaluate(worker, "validation") if loop.has_validation else None
         if validation is not None:
-            metrics |= validation.compute("val")
+            metrics |= validation.compute("val") | validation.counts("val")
         note = choose_best(loop, worker, state, best, epoch, metrics, validation)
         state.history.append(metrics)
         state.epoch = epoch
@@ -159,9 +159,10 @@ def train_epoch(
     started = time.monotonic()
     for step, raw in enumerate(batches, start=1):
         batch = raw.to(worker.device, non_blocking=True)
-        loss = train_step(worker, batch)
+        loss = float(train_step(worker, batch))
+        check_loss(worker, loss, batch, epoch, step)
         state.global_step += 1
-        loss_sum += float(loss) * batch.num_sets
+        loss_sum += loss * batch.num_sets
         sets += batch.num_sets
         elements += batch.num_elements
         progress.batch(epoch, step, loss_sum / sets, sets * worker.world, started)
@@ -255,7 +256,10 @@ def finish(
     return rank 0's outcome (None on the other ranks)."""
     final = best.weights or worker.weights()
     worker.model.load_state_dict(final)
-    test_metrics = evaluate(worker, "test").compute("test") if loop.has_test else {}
+    test_metrics: dict[str, float] = {}
+    if loop.has_test:
+        test = evaluate(worker, "test")
+        test_metrics = test.compute("test") | test.counts("test")
     predictions = best.predictions
     if predictions is None and loop.has_validation and loop.job.model.task == "classify":
         # The chosen weights' validation outputs, for the ROC plot tracking draws.

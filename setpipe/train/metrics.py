@@ -121,6 +121,10 @@ class Evaluation:
         self.task = task
         self.loss_sum = 0.0
         self.sets = 0
+        self.skipped_rows = 0
+        """Bad rows the reader dropped from this split (``on_bad_row: skip``)."""
+        self.non_finite_sets = 0
+        """Sets whose output held a NaN or an infinity."""
         self.parts: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
 
@@ -130,6 +134,13 @@ class Evaluation:
         self.loss_sum += loss * n
         self.sets += n
         out = outputs.detach().float().cpu()
+        finite = torch.isfinite(out)
+        if self.task == "rank":  # one score per element: a set is bad if any of its is
+            bad = torch.zeros(n, dtype=torch.bool)
+            bad.index_fill_(0, batch.set_index().cpu()[~finite.reshape(-1)], True)
+        else:
+            bad = ~finite.reshape(n, -1).all(dim=1)
+        self.non_finite_sets += int(bad.sum())
         if self.task == "classify":
             self.parts.append(torch.softmax(out, dim=-1).numpy())
             self.targets.append(batch.targets.cpu().numpy())
@@ -152,13 +163,18 @@ class Evaluation:
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
-        mine = (self.loss_sum, self.sets, self.parts, self.targets)
+        mine = (
+            self.loss_sum, self.sets, self.parts, self.targets, self.skipped_rows,
+            self.non_finite_sets,
+        )  # fmt: skip
         everyone: list = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
         self.loss_sum = sum(e[0] for e in everyone)
         self.sets = sum(e[1] for e in everyone)
         self.parts = [p for e in everyone for p in e[2]]
         self.targets = [t for e in everyone for t in e[3]]
+        self.skipped_rows = sum(e[4] for e in everyone)
+        self.non_finite_sets = sum(e[5] for e in everyone)
 
     def predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(probabilities [N, C], targets [N]) for classify, else None."""
@@ -175,6 +191,10 @@ class Evaluation:
         return {
             f"{prefix}_{name}": values[name] for name in TASK_METRICS[self.task] if name in values
         }
+
+    def counts(self, prefix: str) -> dict[str, float]:
+        """``<prefix>_skipped_rows``: the bad rows the reader dropped from this split."""
+        return {f"{prefix}_skipped_rows": float(self.skipped_rows)}
 
     def _scores(self, parts: np.ndarray) -> dict[str, float]:
         if self.task == "classify":

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from setpipe.errors import TrainError
+from setpipe.errors import TrainError, setpipe_cause
 from setpipe.spec.models import DataSpec, JobSpec, ParallelLists
 from setpipe.train.hooks import FailAtEpoch, LoopHooks
 from setpipe.train.loop import EpochLog, LoopConfig, train_loop
@@ -159,6 +159,9 @@ def fit(
     except TrainError:
         raise
     except Exception as err:
+        cause = setpipe_cause(err)
+        if cause is not None:  # the job's or the data's fault: resuming would not help
+            raise cause from None
         raise TrainError(
             f"{job.name}: training failed after {job.train.max_failures} allowed restarts: "
             f"{type(err).__name__}: {err}. Re-run the same job to resume from its last "

@@ -8,6 +8,7 @@ every rank holds every rank's outputs.
 
 from __future__ import annotations
 
+import math
 import random
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from setpipe.data import FittedTransforms, augment_batch, iter_set_batches
+from setpipe.data import BatchStats, FittedTransforms, augment_batch, iter_set_batches
 from setpipe.data.batch import SetBatch
+from setpipe.errors import TrainError
 from setpipe.models import build_model
 from setpipe.spec.models import JobSpec
 from setpipe.train.losses import task_loss
@@ -129,9 +131,11 @@ def evaluate(worker: Worker, split: str) -> Evaluation:
     job = worker.job
     shard = ray.train.get_dataset_shard(split)
     evaluation = Evaluation(job.model.task)
+    reading = BatchStats()
     worker.model.eval()
     with torch.no_grad():
-        for batch in iter_set_batches(shard, job.data, worker.transforms, shuffle=False):
+        batches = iter_set_batches(shard, job.data, worker.transforms, shuffle=False, stats=reading)
+        for batch in batches:
             batch = batch.to(worker.device)
             with _autocast(worker):
                 # Constant memory in the set size for MBC encoders; whole sets otherwise.
@@ -139,8 +143,40 @@ def evaluate(worker: Worker, split: str) -> Evaluation:
             loss = task_loss(job.model.task, outputs, batch)
             evaluation.add(outputs, batch, float(loss))
     worker.model.train()
+    evaluation.skipped_rows = reading.skipped_rows
     evaluation.gather()
+    if evaluation.non_finite_sets:
+        # Every rank holds the gathered count, so every rank stops here alike.
+        raise TrainError(
+            f"{job.name}: the model's outputs on the {split} split are not finite (NaN or "
+            f"infinite) for {evaluation.non_finite_sets} of {evaluation.sets} sets; the model "
+            "is not registered. Likely cause: weights that diverged (lower "
+            "train.optimizer.lr or set train.grad_clip) or features a transform made "
+            "non-finite (check the data with `setpipe inspect`)"
+        )
     return evaluation
+
+
+def check_loss(worker: Worker, loss: float, batch: SetBatch, epoch: int, step: int) -> None:
+    """Stop at once on a non-finite training loss, saying where and the likely cause."""
+    if math.isfinite(loss):
+        return
+    lr = worker.scheduler.get_last_lr()[0]
+    if not bool(torch.isfinite(batch.values).all()):
+        cause = (
+            "the batch's features are not finite (a transform such as log of a value <= 0, "
+            "or NaN in the data): check the data with `setpipe inspect`"
+        )
+    else:
+        cause = (
+            f"the batch's features are finite, so the weights diverged: lower "
+            f"train.optimizer.lr (now {lr:.3g}) or set train.grad_clip"
+        )
+    raise TrainError(
+        f"{worker.job.name}: the training loss is {loss} in epoch {epoch + 1}, batch {step} "
+        f"({batch.num_sets} sets, {batch.num_elements} elements); training stopped. Likely "
+        f"cause: {cause}"
+    )
 
 
 def _seed_everything(seed: int) -> None:
