@@ -71,10 +71,10 @@ class DeepSets(MBCEncoder):
             return self.merge(state, {"max": chunk, "max_count": ties})
         acc = state["sum"]
         h = self.phi(values).to(acc.dtype)
-        count = torch.bincount(set_index, minlength=acc.shape[0])[:, None]
+        count = torch.bincount(set_index, minlength=acc.shape[0])
         return {
-            "sum": acc + segment_sum(h, set_index, acc.shape[0]),
-            "count": state["count"] + count,
+            "sum": acc + segment_sum(h, set_index, acc.shape[0], count),
+            "count": state["count"] + count[:, None],
         }
 
     def merge(self, a: MBCState, b: MBCState) -> MBCState:

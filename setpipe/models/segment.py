@@ -20,13 +20,22 @@ SUM_TILE = 256
 """Terms per tile: sums of 256 terms err by at most 255·u (1.5e-5 relative in float32)."""
 
 
-def segment_sum(x: torch.Tensor, set_index: torch.Tensor, num_sets: int) -> torch.Tensor:
+def segment_sum(
+    x: torch.Tensor, set_index: torch.Tensor, num_sets: int, counts: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-set sums [num_sets, ...] of ``x [e, ...]``; ``set_index [e]`` in any order.
 
+    ``counts`` is ``bincount(set_index, minlength=num_sets)`` when the caller has it.
     Out of place and differentiable; the result starts from fresh zeros, so adding it to
     a running state costs one more rounding per call (per chunk), whatever its size.
     """
     out = x.new_zeros((num_sets, *x.shape[1:]))
+    if x.shape[0] == 0:
+        return out
+    if counts is None:
+        counts = torch.bincount(set_index, minlength=num_sets)
+    if int(counts.max()) <= SUM_TILE:  # the common case (jets): no sort, no tiles
+        return out.index_add(0, set_index, x)
     while x.shape[0]:
         if not bool((set_index[1:] >= set_index[:-1]).all()):
             order = torch.argsort(set_index, stable=True)
