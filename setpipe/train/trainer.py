@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from setpipe.data.layout import element_columns
 from setpipe.errors import TrainError, setpipe_cause
-from setpipe.spec.models import DataSpec, JobSpec, ParallelLists
+from setpipe.spec.models import DataSpec, JobSpec
 from setpipe.train.hooks import FailAtEpoch, LoopHooks
 from setpipe.train.loop import EpochLog, LoopConfig, train_loop
+from setpipe.train.resources import worker_resources
 
 
 @dataclass
@@ -72,12 +74,6 @@ def monitored_metric(job: JobSpec, has_validation: bool) -> tuple[str, str] | No
     return (stop.metric, stop.direction) if stop else job.promotion
 
 
-def _element_column(spec: DataSpec) -> str:
-    if isinstance(spec.elements, ParallelLists):
-        return spec.elements.columns[0]
-    return spec.elements.column
-
-
 def estimate_steps(dataset: Any, spec: DataSpec, world: int) -> int:
     """Optimizer steps per epoch per rank, for the LR schedule's length.
 
@@ -88,7 +84,7 @@ def estimate_steps(dataset: Any, spec: DataSpec, world: int) -> int:
     import pyarrow.compute as pc
 
     sets = elements = 0
-    column = _element_column(spec)
+    column = element_columns(spec)[0]
     for table in dataset.select_columns([column]).iter_batches(batch_format="pyarrow"):
         sets += table.num_rows
         elements += int(pc.sum(pc.list_value_length(table.column(column))).as_py() or 0)
@@ -190,17 +186,23 @@ def _torch_trainer(
     run_name: str,
     datasets: dict[str, Any],
 ) -> Any:  # ray.train.torch.TorchTrainer
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     spec = job.train
+    resources, note = worker_resources(
+        spec.workers, dict(spec.resources_per_worker), ray.cluster_resources().get("CPU", 0.0)
+    )
+    if note:
+        print(f"note: {note}", flush=True)
     return TorchTrainer(
         train_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=spec.workers,
             use_gpu=spec.use_gpu,
-            resources_per_worker=spec.resources_per_worker or None,
+            resources_per_worker=resources or None,
         ),
         run_config=RunConfig(
             name=run_name,
