@@ -130,11 +130,12 @@ def test_worker_exit_in_epoch_2_resumes_and_leaves_one_finished_run(
     state = json.loads((workdir / "runs" / "fails" / "state.json").read_text())
     assert state == {
         "run_id": summary.run_id,
-        "ray_run": state["ray_run"],
+        "ray_run": f"fails-{summary.run_id[:8]}",  # the Ray run is named after the MLflow run
         "status": "FINISHED",
         "job_digest": attempts.job_digest(job),
         "job": attempts.trained_fields(job),
     }
+    assert summary.artifacts["ray_run"] == str(workdir.resolve() / "ray_results" / state["ray_run"])
     assert store.get_model_version(job.model_name, summary.version).run_id == summary.run_id
 
 
