@@ -95,6 +95,7 @@ def _non_finite(value: float) -> str:
 
 
 _NUMBER_TYPES = {int, float}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _as_values(where: str, value: Any) -> np.ndarray:
@@ -108,18 +109,36 @@ def _as_values(where: str, value: Any) -> np.ndarray:
                     raise BadRequest(
                         422, f"{where}[{i}]: expected a number, found {describe(item)}"
                     )
-        value = np.asarray(value, dtype=np.float64)
+        given, value = value, np.asarray(value, dtype=np.float64)
+    else:
+        given = None
     if not isinstance(value, np.ndarray) or value.ndim != 1:
         raise BadRequest(422, f"{where}: expected a list of numbers, found {describe(value)}")
     finite = np.isfinite(value)
     if not finite.all():
         i = int(np.argmin(finite))
+        if given is not None and type(given[i]) is int:  # a huge JSON integer, not inf
+            digits = len(str(abs(given[i])))
+            raise BadRequest(
+                422, f"{where}[{i}]: an integer of {digits} digits does not fit float32"
+            )
         raise BadRequest(
             422,
             f"{where}[{i}]: {_non_finite(float(value[i]))} is not allowed; values must be "
             "finite numbers",
         )
+    outside = np.abs(value) > FLOAT32_MAX
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise BadRequest(422, f"{where}[{i}]: {_outside_float32(float(value[i]))}")
     return value
+
+
+def _outside_float32(value: float) -> str:
+    return (
+        f"{value:.6g} does not fit float32 (|x| <= {FLOAT32_MAX:.4g}), which the model "
+        "computes in; send values in the range the model was trained on"
+    )
 
 
 def _expect_keys(where: str, obj: dict, expected: list[str], what: str) -> None:
@@ -154,6 +173,8 @@ def _context_row(where: str, ctx: Any, context_names: list[str]) -> list[float]:
                 f"{where}.context.{name}: {_non_finite(float(value))} is not allowed; "
                 "values must be finite numbers",
             )
+        if abs(value) > FLOAT32_MAX:
+            raise BadRequest(422, f"{where}.context.{name}: {_outside_float32(float(value))}")
         row.append(float(value))
     return row
 

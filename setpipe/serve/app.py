@@ -224,9 +224,12 @@ class SetModelServer:
                 body = await asyncio.to_thread(decode_body, body)
             if len(body) > _INLINE_PARSE_BYTES:
                 parsed = await asyncio.to_thread(parse_request, body, loaded.job, limits)
+                del body
+                await asyncio.to_thread(loaded.check_inputs, parsed.batch)
             else:
                 parsed = parse_request(body, loaded.job, limits)
-            del body
+                del body
+                loaded.check_inputs(parsed.batch)
         except BadRequest as err:
             return _error(err.status, str(err))
         if self._batcher is None:

@@ -82,6 +82,12 @@ class ParsedRequest:
         return self.batch.num_elements
 
 
+NESTED_TOO_DEEP = (
+    'body: JSON nested too deeply; a request is {"sets": [{"features": {"NAME": [numbers]}, '
+    '"context": {"NAME": number}}]}'
+)
+
+
 def _not_json(err: ValueError) -> BadRequest:
     """The 422 for a body that is not JSON: not UTF-8, or malformed (where and why)."""
     return BadRequest(422, f"body: not valid JSON ({err})")
@@ -105,6 +111,8 @@ def parse_request(body: bytes | bytearray | str, job: JobSpec, limits: Limits) -
         doc = loads_request(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _not_json(err) from None
+    except RecursionError:  # the pure-Python decoder of huge bodies recurses per level
+        raise BadRequest(422, NESTED_TOO_DEEP) from None
     if not isinstance(doc, dict):
         raise BadRequest(422, f'body: expected an object {{"sets": [...]}}, found {describe(doc)}')
     unknown = [k for k in doc if k != "sets"]

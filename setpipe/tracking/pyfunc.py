@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
@@ -41,7 +42,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from setpipe.data.batch import SetBatch
-from setpipe.data.request import Limits, SetInput, sets_to_batch
+from setpipe.data.request import BadRequest, Limits, SetInput, sets_to_batch
 from setpipe.errors import ModelError
 from setpipe.spec import dump_job, job_from_dict
 from setpipe.spec.models import JobSpec
@@ -140,6 +141,17 @@ class LoadedSetModel:
         model.eval()
         return cls(job=job, model=model, transforms=transforms, name=name, version=version)
 
+    def check_inputs(self, raw: SetBatch) -> None:
+        """BadRequest (422) naming the sets whose features a transform of the job makes
+        non-finite (e.g. log of a pT <= 0): the model's output for them would be NaN."""
+        problem = self.transforms.nonfinite_rows(raw)
+        if problem is None:
+            return
+        bad = [int(i) for i in np.flatnonzero(problem.rows)]
+        shown = "; ".join(f"sets[{i}]: {problem.describe(i)}" for i in bad[:5])
+        more = f"; and {len(bad) - 5} more sets" if len(bad) > 5 else ""
+        raise BadRequest(422, shown + more)
+
     def predict_batch(
         self, raw: SetBatch, *, allow_non_finite: bool = False
     ) -> list[dict[str, Any]]:
@@ -171,7 +183,9 @@ class LoadedSetModel:
         items = [s.model_dump() if isinstance(s, BaseModel) else s for s in sets]
         # The pyfunc is also a batch API: the server's per-request limits do not apply.
         unlimited = Limits(max_sets=2**62, max_elements_per_set=2**62, max_body_bytes=2**62)
-        return self.predict_batch(sets_to_batch(items, self.job, unlimited))
+        raw = sets_to_batch(items, self.job, unlimited)
+        self.check_inputs(raw)
+        return self.predict_batch(raw)
 
 
 class SetPyfunc(mlflow.pyfunc.PythonModel):

@@ -193,6 +193,7 @@ def one(features: dict | None = None, context: dict | None = None, **extra) -> d
     return item
 
 
+LOG_FIX = "filter these rows, add an offset (eps), or set data.on_bad_row: skip"
 BAD_PAYLOADS = [
     (
         {"sets": [one(), one({**GOOD, "part_eta": [0.1, 0.2]})]},
@@ -256,6 +257,33 @@ BAD_PAYLOADS = [
     (
         {"sets": [one(label=1)]},
         "sets[0].label: unknown field; expected features, context",
+    ),
+    # Plausible inputs that once answered a bare 500 (issue 14/15): each names set and field.
+    (
+        {"sets": [one(), one({**GOOD, "part_pt": [10.0, 0.0, 2.0]})]},
+        "sets[1]: feature log_pt (from part_pt): log of 0.0 at element 1 (expected > 0); "
+        + LOG_FIX,
+    ),
+    (
+        {"sets": [one({**GOOD, "part_pt": [-3.0, 5.0, 2.0]})]},
+        "sets[0]: feature log_pt (from part_pt): log of -3.0 at element 0 (expected > 0); "
+        + LOG_FIX,
+    ),
+    (
+        {"sets": [one({**GOOD, "part_eta": [0.1, 1e39, 0.0]})]},
+        "sets[0].features.part_eta[1]: 1e+39 does not fit float32 (|x| <= 3.403e+38), which "
+        "the model computes in; send values in the range the model was trained on",
+    ),
+    (
+        b'{"sets": [{"features": {"part_pt": [1.0, 2.0], "part_eta": ['
+        + b"9" * 400
+        + b', 0], "part_phi": [0, 0], "part_pid": [22, 22]}, "context": {"jet_pt": 300}}]}',
+        "sets[0].features.part_eta[0]: inf is not allowed; values must be finite numbers",
+    ),
+    (
+        b'{"sets": ' + b"[" * 1500 + b"]" * 1500 + b"}",
+        'body: JSON nested too deeply; a request is {"sets": [{"features": {"NAME": '
+        '[numbers]}, "context": {"NAME": number}}]}',
     ),
     ({"sets": []}, "sets: expected a non-empty list of sets, found an empty list"),
     ({"inputs": [one()]}, "body.inputs: unknown field; expected sets"),
