@@ -8,7 +8,7 @@ largest relative error of each state tensor (DeepSets Σφ and the count, UMBC �
 of 4096. Without tiled sums the error grows with n (3e-4 for Σφ and 2e-2 for Σa at
 n = 4e6); with them it should stay near a few 1e-7.
 
-    python bench/float32_sums.py [--n 1e7] [--chunk 4096]
+    python bench/float32_sums.py [--quick] [--n 1e7] [--chunk 4096]   (--quick: n = 1e6)
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=float, default=1e7, help="elements in the set")
     parser.add_argument("--chunk", type=int, default=4096, help="elements per chunk")
+    parser.add_argument("--quick", action="store_true", help="n = 1e6 (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.n = 1e6
     torch.set_num_threads(1)
     n = int(args.n)
     x = torch.randn(n, F, generator=torch.Generator().manual_seed(0))
