@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 # The quickstart job reads ${SETPIPE_DATA:-.setpipe/data}: pointed at this WORKDIR's data,
 # so `make demo WORKDIR=/tmp/w` trains on the data it just made.
 demo: install
-	$(BIN)/setpipe datagen jets --out $(DATA) --train 4000 --validation 1000 --test 1000 --seed 0
+	$(BIN)/setpipe datagen jets --out $(DATA) --train 4000 --validation 1000 --test 1000 --seed 0 --overwrite
 	SETPIPE_DATA=$(WORKDIR)/data $(BIN)/setpipe validate jobs/quickstart.yaml
 	SETPIPE_DATA=$(WORKDIR)/data $(BIN)/setpipe run jobs/quickstart.yaml --workdir $(WORKDIR)
 

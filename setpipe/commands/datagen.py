@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = kinds.add_parser(name, help=help, description=help)
         p.add_argument("--out", required=True, type=Path, help="Output directory.")
         p.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="Replace the dataset already in --out, whole (refused if it holds anything "
+            "but Parquet files). Without it a non-empty --out is refused.",
+        )
         return p
 
     p = kind("jets", "synthetic quark/gluon-like jets (parallel lists; the quickstart data)")
@@ -78,8 +84,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from setpipe.data.datagen._write import fresh_output, moved
+
     started = time.monotonic()
-    out: Path = args.out
+    # Generated beside --out and moved there whole: two datasets are never mixed.
+    with fresh_output(args.out, args.overwrite) as staging:
+        written = _generate(args, staging)
+    _report(moved(written, staging, args.out), started)
+    return 0
+
+
+def _generate(args: argparse.Namespace, out: Path) -> dict[str, list[Path]]:
     if args.kind == "jets":
         from setpipe.data.datagen.jets import generate_jets
 
@@ -122,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
             out, args.sets, args.min_size, args.max_size, args.dim, args.layout, args.seed
         )
         written = {"all": [path]}
-    _report(written, started)
-    return 0
+    return written
 
 
 def _report(written: dict[str, list[Path]], started: float) -> None:

@@ -135,3 +135,74 @@ def test_pythia_jets(tmp_path: Path) -> None:
     assert (np.abs(table.column("jet_y").to_numpy()) < 1.7).all()
     n = sizes(table.column("part_pt"))
     assert n.min() >= 1 and np.array_equal(sizes(table.column("part_pid")), n)
+
+
+def jets_args(out: Path, train: int, *extra: str) -> list[str]:
+    return ["datagen", "jets", "--out", str(out), "--train", str(train), "--validation", "40",
+            "--test", "20", "--rows-per-file", "128", *extra]  # fmt: skip
+
+
+def test_a_non_empty_output_is_refused_and_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second datagen over a dataset used to leave old files beside new ones (272 rows
+    where it said 100) and to replace a user's file of the same name."""
+    out = tmp_path / "d"
+    assert main(jets_args(out, 300)) == 0
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*.parquet"))}
+    capsys.readouterr()
+    assert main(jets_args(out, 100)) == 1
+    assert capsys.readouterr().err == (
+        f"error: --out {out}: not empty (3 entries: test, train, validation); give a new or "
+        "empty directory, or add --overwrite to replace the dataset there\n"
+    )
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*.parquet"))} == before
+    assert read(out / "train").num_rows == 300
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "huge.parquet").write_bytes(b"my own file")
+    assert main(["datagen", "huge", "--out", str(mine), "--sets", "1", "--min-size", "10",
+                 "--max-size", "10"]) == 1  # fmt: skip
+    assert (mine / "huge.parquet").read_bytes() == b"my own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "mine"]  # no staging left
+
+
+def test_overwrite_replaces_the_whole_dataset(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    assert main(jets_args(out, 300)) == 0
+    assert main([*jets_args(out, 100), "--overwrite", "--test", "0"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["train", "validation"]  # old test/ gone
+    assert [p.name for p in sorted((out / "train").iterdir())] == ["jets-00000.parquet"]
+    assert read(out / "train").num_rows == 100
+    assert read(out / "validation").num_rows == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    # An empty directory is a new one: no --overwrite needed.
+    (tmp_path / "empty").mkdir()
+    assert main(jets_args(tmp_path / "empty", 10)) == 0
+    assert read(tmp_path / "empty" / "train").num_rows == 10
+
+
+def test_overwrite_replaces_only_a_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "d"
+    assert main(jets_args(out, 50)) == 0
+    (out / "train" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([*jets_args(out, 10), "--overwrite"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: --out {out} --overwrite: {out / 'train' / 'notes.txt'} is not a Parquet "
+        "file, so this is not only a dataset and nothing was replaced; move it away or give "
+        "another --out\n"
+    )
+    assert (out / "train" / "notes.txt").read_text() == "mine"
+    assert read(out / "train").num_rows == 50
+
+    a_file = tmp_path / "f.parquet"
+    a_file.write_bytes(b"x")
+    assert main([*jets_args(a_file, 10), "--overwrite"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: --out {a_file}: is a file; give a directory for the dataset\n"
+    )
+    assert a_file.read_bytes() == b"x"

@@ -1,12 +1,20 @@
-"""Shared writing helpers: ragged numpy -> Arrow lists, tables -> numbered Parquet files."""
+"""Shared writing helpers: ragged numpy -> Arrow lists, tables -> numbered Parquet files,
+and the one way a dataset reaches its output directory (``fresh_output``)."""
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from setpipe.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 
@@ -54,3 +62,75 @@ def split_by_key(
         if part.num_rows:
             written[split] = write_files(part, Path(out_dir) / split, 10_000, prefix)
     return written
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """DataError unless ``out`` may receive a new dataset: it is missing or empty, or, with
+    ``overwrite``, it holds nothing but Parquet files (in it or in its subdirectories), so
+    replacing it cannot delete anything of the user's that datagen did not make."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"--out {out}: is a file; give a directory for the dataset")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise DataError(
+            f"--out {out}: not empty ({len(entries)} entries: {shown}); give a new or empty "
+            "directory, or add --overwrite to replace the dataset there"
+        )
+    for path in sorted(out.rglob("*")):
+        if not (path.is_dir() and not path.is_symlink()) and path.suffix != ".parquet":
+            raise DataError(
+                f"--out {out} --overwrite: {path} is not a Parquet file, so this is not only a "
+                "dataset and nothing was replaced; move it away or give another --out"
+            )
+
+
+@contextmanager
+def fresh_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """A staging directory beside ``out`` to generate into; it becomes ``out`` on success.
+
+    Never mixes two datasets: ``out`` must be missing or empty, or, with ``overwrite``, a
+    dataset (``check_output``) that is replaced whole, split directories and all. A failed
+    or interrupted generator leaves ``out`` as it was and no staging directory behind.
+    """
+    out = Path(out)
+    check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling, so the final step is a rename on one filesystem; mkdir keeps the umask.
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        yield staging
+        _replace(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace(staging: Path, out: Path, overwrite: bool) -> None:
+    if overwrite and out.exists():
+        check_output(out, overwrite)  # nothing of the user's arrived while generating
+        old = staging.with_name(staging.name.replace(".partial-", ".old-"))
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+        return
+    try:
+        staging.rename(out)  # replaces an empty directory; fails on a non-empty one
+    except OSError as err:
+        raise DataError(
+            f"--out {out}: something was written there while the dataset was generated "
+            f"({err.strerror}); nothing was replaced. Give a new directory, or --overwrite"
+        ) from None
+
+
+def moved(written: dict[str, list[Path]], staging: Path, out: Path) -> dict[str, list[Path]]:
+    """The paths ``fresh_output`` wrote under ``staging``, as they are now under ``out``."""
+    return {
+        split: [Path(out) / Path(p).relative_to(staging) for p in files]
+        for split, files in written.items()
+    }
