@@ -14,7 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input", required=True, help="Parquet file, directory, glob or s3:// URI (job layout)"
     )
-    parser.add_argument("--output", required=True, help="directory for the prediction Parquet")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="new or empty directory for the prediction Parquet, resolved on this machine "
+        "(on a cluster: one every node shares, or an s3:// / gs:// URI)",
+    )
     parser.add_argument(
         "--batch-elements",
         type=positive_int,

@@ -15,6 +15,7 @@ Output columns: the keys, then by task
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from setpipe.data.batching import budget_bounds
@@ -127,6 +129,67 @@ class Predictor:
         )
 
 
+@dataclass(frozen=True)
+class OutputLocation:
+    """Where ``--output`` is, resolved once on the driver."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    """The directory on ``filesystem``: absolute for a local path."""
+    shown: str
+    """As messages and the summary name it: the absolute path, or the URI."""
+
+
+def output_location(output: str | Path) -> OutputLocation:
+    """``--output`` resolved HERE: Ray's write tasks run in the workers' own working
+    directory (on a cluster, the head's or a worker node's), so a relative path handed to
+    them lands there, not where the user stands. A URI (s3://, gs://) is left as given."""
+    text = str(output)
+    if "://" in text and not text.startswith("file://"):
+        filesystem, path = pafs.FileSystem.from_uri(text)
+        return OutputLocation(filesystem, path, text)
+    local = os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
+    return OutputLocation(pafs.LocalFileSystem(), local, local)
+
+
+def check_output(location: OutputLocation) -> None:
+    """ServeError unless the output directory is missing or empty (nothing is replaced)."""
+    info = location.filesystem.get_file_info(location.path)
+    if info.type == pafs.FileType.File:
+        raise ServeError(
+            f"--output {location.shown}: is a file; give a directory (new or empty) for the "
+            "prediction Parquet files"
+        )
+    if info.type == pafs.FileType.Directory and location.filesystem.get_file_info(
+        pafs.FileSelector(location.path)
+    ):
+        raise ServeError(f"--output {location.shown}: not empty; give a new or empty directory")
+
+
+def check_written(location: OutputLocation, predicted: int, read: int) -> int:
+    """The rows of the Parquet files this machine finds at ``location``; ServeError unless
+    they are the ``predicted`` rows (of ``read`` rows read) that Ray's write tasks wrote."""
+    files = [
+        info.path
+        for info in location.filesystem.get_file_info(
+            pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
+        )
+        if info.type == pafs.FileType.File and info.path.endswith(".parquet")
+    ]
+    rows = 0
+    for path in files:
+        with location.filesystem.open_input_file(path) as f:
+            rows += pq.ParquetFile(f).metadata.num_rows
+    if rows != predicted:
+        raise ServeError(
+            f"--output {location.shown}: {rows} prediction rows are there after writing, but "
+            f"the model predicted {predicted} (of {read} rows read): the Ray workers wrote to "
+            "a disk this machine does not see. On a cluster give --output a directory every "
+            "node shares, or an s3:// / gs:// URI"
+        )
+    return rows
+
+
 def predict_dataset(
     model_uri: str,
     source: str,
@@ -140,16 +203,17 @@ def predict_dataset(
 ) -> PredictSummary:
     """Predict every row of the Parquet ``source`` with ``model_uri``; write Parquet to ``output``.
 
-    The alias is resolved once, here, so every actor runs the same version.
+    The alias is resolved once, here, so every actor runs the same version. ``output`` is
+    resolved and checked here too, and what was written is counted here against what the
+    model predicted, so predictions that went to another machine's disk are an error.
     """
     import ray.data
 
     from setpipe.tracking.pyfunc import load_set_model
     from setpipe.tracking.store import resolve
 
-    out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        raise ServeError(f"--output {out}: not empty; give a new or empty directory")
+    out = output_location(output)
+    check_output(out)
     name, version = resolve(model_uri, tracking_uri)
     pinned = f"models:/{name}/{version}"
     job = load_set_model(pinned, tracking_uri).job
@@ -192,16 +256,18 @@ def predict_dataset(
         concurrency=concurrency,
         num_cpus=num_cpus,
     )
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        predicted.write_parquet(str(out))
+        # Predictions (keys and a few numbers per set) are held in the object store, so a
+        # failing model writes nothing and the rows predicted are counted by Ray, not by
+        # listing the output: the two are compared after the write.
+        predicted = predicted.materialize()
     except Exception as err:
         cause = setpipe_cause(err)
         if cause is None:
             raise
-        for partial in out.glob("*.parquet"):  # never leave half the predictions behind
-            partial.unlink()
         raise cause from None
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(out.glob("*.parquet")))
-    skipped = ds.count() - rows
-    return PredictSummary(name, str(version), rows, skipped, str(out))
+    read, produced = ds.count(), predicted.count()
+    out.filesystem.create_dir(out.path, recursive=True)
+    predicted.write_parquet(out.path, filesystem=out.filesystem)
+    rows = check_written(out, produced, read)
+    return PredictSummary(name, str(version), rows, read - produced, out.shown)

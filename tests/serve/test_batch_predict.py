@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from serve_helpers import Registered
@@ -85,3 +89,74 @@ def test_predict_refuses_a_non_empty_output(registered: Registered, tmp_path: Pa
             tracking_uri=registered.tracking_uri,
         )
     assert str(err.value) == f"--output {tmp_path}: not empty; give a new or empty directory"
+
+
+def test_a_relative_output_is_resolved_on_the_driver(
+    registered: Registered,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ray's write tasks run in the workers' working directory, not the driver's: a relative
+    --output used to land there while the driver counted its own empty directory and
+    printed "0 predictions ... written", exit 0."""
+    import ray
+
+    worker_cwd = Path(ray.get(ray.remote(os.path.abspath).remote(".")))
+    monkeypatch.chdir(tmp_path)
+    assert worker_cwd != tmp_path
+    name = f"predictions-{uuid.uuid4().hex[:8]}"
+    try:
+        rc = main(
+            [
+                "predict", f"models:/{registered.name}@champion",
+                "--input", str(registered.data_dir / "test"), "--output", name,
+                "--tracking-uri", registered.tracking_uri,
+            ]
+        )  # fmt: skip
+        assert not (worker_cwd / name).exists()
+    finally:
+        shutil.rmtree(worker_cwd / name, ignore_errors=True)
+    assert rc == 0
+    assert pq.read_table(tmp_path / name).num_rows == 100
+    assert capsys.readouterr().out == (
+        f"100 predictions from {registered.name} version {registered.version} written to "
+        f"{tmp_path / name}\n"
+    )
+
+
+def test_an_output_that_is_a_file_is_refused(registered: Registered, tmp_path: Path) -> None:
+    from setpipe.serve.batch_predict import predict_dataset
+
+    existing = tmp_path / "predictions.parquet"
+    existing.write_bytes(b"not mine to replace")
+    with pytest.raises(ServeError) as err:
+        predict_dataset(
+            f"models:/{registered.name}@champion",
+            str(registered.data_dir / "test"),
+            existing,
+            tracking_uri=registered.tracking_uri,
+        )
+    assert str(err.value) == (
+        f"--output {existing}: is a file; give a directory (new or empty) for the prediction "
+        "Parquet files"
+    )
+    assert existing.read_bytes() == b"not mine to replace"
+
+
+def test_rows_written_must_be_the_rows_predicted(tmp_path: Path) -> None:
+    """What the driver finds at --output after the write is checked against what the model
+    predicted: on a cluster whose workers write to their own disks they differ."""
+    from setpipe.serve.batch_predict import check_written, output_location
+
+    location = output_location(str(tmp_path))
+    pq.write_table(pa.table({"label": [0, 1, 1]}), tmp_path / "part-0.parquet")
+    assert check_written(location, predicted=3, read=4) == 3
+    with pytest.raises(ServeError) as err:
+        check_written(location, predicted=5, read=5)
+    assert str(err.value) == (
+        f"--output {tmp_path}: 3 prediction rows are there after writing, but the model "
+        "predicted 5 (of 5 rows read): the Ray workers wrote to a disk this machine does not "
+        "see. On a cluster give --output a directory every node shares, or an s3:// / gs:// "
+        "URI"
+    )
