@@ -52,7 +52,9 @@ ARTIFACTS = {"weights": "weights.pt", "job": "job.yaml", "transforms": "transfor
 """Artifact key -> file name inside the logged model."""
 MODEL_CODE = Path(__file__).with_name("_pyfunc_model.py")
 PINNED = ("torch", "mlflow", "pyarrow", "pydantic", "numpy", "pyyaml")
-"""Requirements pinned at the versions this model was trained with (setpipe is code_paths)."""
+"""Requirements pinned at the versions this model was trained with (setpipe is code_paths):
+every third-party module the model's code imports comes from one of them or their own
+dependencies (tests/serve/test_mlflow_serve.py records the imports and checks)."""
 
 
 # --------------------------------------------------------------------------- the loaded model
@@ -205,8 +207,15 @@ class SetPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def pip_requirements() -> list[str]:
-    """``name==version`` of what the model needs, as installed here (setpipe: code_paths)."""
-    return [f"{name}=={installed_version(name)}" for name in PINNED]
+    """``name==version`` of what the model needs, as installed here (setpipe: code_paths).
+
+    The public version only: a local label such as torch's ``+cpu`` names a build that
+    PyPI does not have, so ``mlflow models serve``'s virtualenv could not install it; the
+    CPU or CUDA build of that version is the deployer's choice, as it is setpipe's (README).
+    """
+    from packaging.version import Version
+
+    return [f"{name}=={Version(installed_version(name)).public}" for name in PINNED]
 
 
 def log_pyfunc(
