@@ -37,6 +37,8 @@ class RunSummary:
     resumed_from_epoch: int = 0
     prediction: dict[str, Any] = field(default_factory=dict)
     """The champion's output on the first test set (loaded back from the registry)."""
+    data_fingerprint: str | None = None
+    """``Inputs.data_fingerprint``: the version of the data this run read."""
 
 
 @dataclass
@@ -48,6 +50,9 @@ class Inputs:
     transforms: FittedTransforms
     example: SetBatch
     """The first 4 sets of test (else validation, else train) in file order, raw."""
+    data_fingerprint: str | None = None
+    """setpipe.data.fingerprint of the files read, taken as they were listed (None: a
+    source named no file, which reading reports)."""
 
 
 @dataclass
@@ -92,14 +97,23 @@ def _first_sets(datasets: dict[str, Any], count: int) -> Any:
 def read_inputs(job: JobSpec, *, address: str | None = None) -> Inputs:
     """Join (or start) Ray, open the three splits, fit the transforms in one streaming pass."""
     from setpipe.data import fit_transforms, read_dataset, table_to_batch
+    from setpipe.data.fingerprint import fingerprint
     from setpipe.data.reading import check_labels
+    from setpipe.errors import DataError
 
     connect(address or job.cluster.address)
     check_labels(job.data, job.model)  # a bad label in any split stops the run here
+    # Taken just before the splits are listed: a file landing in between is read but not
+    # counted, so the scheduler (on_new_data) retrains once more instead of never on it.
+    try:
+        data_fingerprint: str | None = fingerprint(job.data)
+    except DataError:
+        data_fingerprint = None  # read_dataset names the empty source in its own words
     splits = ("train", "validation", "test")
     datasets = {split: read_dataset(job.data, split, model=job.model) for split in splits}
     transforms = fit_transforms(job.data, datasets["train"])
-    return Inputs(datasets, transforms, table_to_batch(_first_sets(datasets, 4), job.data))
+    example = table_to_batch(_first_sets(datasets, 4), job.data)
+    return Inputs(datasets, transforms, example, data_fingerprint)
 
 
 def train(
@@ -202,4 +216,5 @@ def run(
         },
         resumed_from_epoch=outcome.start_epoch,
         prediction=champion.predict_batch(inputs.example.select([0]))[0],
+        data_fingerprint=inputs.data_fingerprint,
     )

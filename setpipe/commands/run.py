@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _summary(summary) -> str:  # summary: setpipe.pipeline.RunSummary
+    from setpipe.jobs.scheduler import fingerprint_line
+
     d = summary.decision
     if d.moved:
         alias = f"moved to version {d.version}"
@@ -61,6 +63,9 @@ def _summary(summary) -> str:  # summary: setpipe.pipeline.RunSummary
         "  metrics        " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(summary.metrics.items())),
     ]
     lines += [f"  {k:<14} {v}" for k, v in summary.artifacts.items()]
+    if summary.data_fingerprint:
+        # The scheduler reads this line back from the job's log (on_new_data).
+        lines.append(fingerprint_line(summary.data_fingerprint))
     lines.append(f"  champion on one test set: {json.dumps(summary.prediction)}")
     return "\n".join(lines)
 

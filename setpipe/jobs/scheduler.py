@@ -2,7 +2,9 @@
 
 One pass (``Scheduler.run_once``), top to bottom:
   1. poll Ray for every submission not yet finished and record its outcome; a SUCCEEDED
-     run's data fingerprint becomes the job's "last successful" fingerprint;
+     run's data fingerprint becomes the job's "last successful" fingerprint: the one the
+     run printed in its log for the files it read (``fingerprint_line``), else, from a run
+     that printed none, the one taken when it was submitted;
   2. (re)load the job files that changed since the last pass;
   3. per scheduled job, the cron times in (last handled time, now] are due; catchup picks
      which of them run (none: the latest if it is within ``grace`` of now; latest: the
@@ -21,6 +23,7 @@ scheduler records it as already submitted. Nothing is repeated and nothing is lo
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +42,23 @@ from setpipe.spec.models import JobSpec
 Action = Literal[
     "registered", "submitted", "already_submitted", "skipped", "stopped", "finished", "error"
 ]
+
+
+_FINGERPRINT_LINE = re.compile(r"^\s*data fingerprint ([0-9a-f]{64})\s*$", re.MULTILINE)
+
+
+def fingerprint_line(fingerprint: str) -> str:
+    """The line ``setpipe run`` prints for the data it read; the scheduler reads it back
+    from the job's log. The Ray Jobs log is the one channel from a finished run that the
+    scheduler already reads, through the API it submits with; the run's MLflow store or
+    work dir may not be reachable from where the scheduler runs."""
+    return f"  data fingerprint {fingerprint}"
+
+
+def read_fingerprint(logs: str) -> str | None:
+    """The fingerprint of the last ``fingerprint_line`` in a run's log, or None."""
+    found = _FINGERPRINT_LINE.findall(logs)
+    return found[-1] if found else None
 
 
 @dataclass(frozen=True)
@@ -136,12 +156,26 @@ class Scheduler:
                 status, message = "LOST", "the cluster no longer knows this job"
             if status == sub.status:
                 continue
+            if status == "SUCCEEDED":
+                read = self._read_fingerprint(sub.submission_id)
+                if read is not None:
+                    self.state.set_read_fingerprint(sub.submission_id, read)
+                data = read or sub.fingerprint
+                if data:
+                    self.state.set_success_fingerprint(sub.job, data, sub.submission_id)
+            # Last: a pass that crashes before this line polls the submission again.
             self.state.set_status(sub.submission_id, status, message)
-            if status == "SUCCEEDED" and sub.fingerprint:
-                self.state.set_success_fingerprint(sub.job, sub.fingerprint, sub.submission_id)
             if status in ("SUCCEEDED", "FAILED", "STOPPED", "LOST"):
                 events.append(Event(sub.job, "finished", sub.scheduled, sub.submission_id, status))
         return events
+
+    def _read_fingerprint(self, submission_id: str) -> str | None:
+        """What the run printed for the files it read; None if it printed nothing (a
+        stand-in entrypoint, an older setpipe) or its log cannot be read."""
+        try:
+            return read_fingerprint(self.client.logs(submission_id))
+        except JobError:
+            return None
 
     # ------------------------------------------------------------------ 2. job files
 

@@ -3,9 +3,11 @@
 Three tables, all keyed so that writing the same fact twice is harmless:
   fires         per job: the last scheduled time that was handled (submitted or skipped);
                 times after it are due.
-  submissions   every submission id with its job, scheduled time, data fingerprint,
-                last known Ray status and message.
-  fingerprints  per job: the data fingerprint of its last SUCCEEDED run (on_new_data).
+  submissions   every submission id with its job, scheduled time, the data fingerprint
+                taken when it was submitted and the one its run printed for the files it
+                read, last known Ray status and message.
+  fingerprints  per job: the data fingerprint of its last SUCCEEDED run (on_new_data): the
+                one the run read, else the one taken at submission.
 Times are stored as ISO-8601 UTC strings. Each write is its own transaction, so a crash
 loses at most the fact being written, and the scheduler's idempotent submission ids
 make redoing that step safe.
@@ -32,7 +34,8 @@ CREATE TABLE IF NOT EXISTS submissions (
     submitted_at TEXT NOT NULL,
     fingerprint TEXT,
     status TEXT NOT NULL,
-    message TEXT NOT NULL DEFAULT ''
+    message TEXT NOT NULL DEFAULT '',
+    read_fingerprint TEXT
 );
 CREATE INDEX IF NOT EXISTS submissions_job ON submissions (job, scheduled);
 CREATE TABLE IF NOT EXISTS fingerprints (
@@ -50,8 +53,11 @@ class Submission:
     scheduled: datetime
     submitted_at: datetime
     fingerprint: str | None
+    """The data fingerprint when it was submitted."""
     status: str
     message: str
+    read_fingerprint: str | None = None
+    """The fingerprint the run printed for the files it read (None: it printed none)."""
 
     @property
     def finished(self) -> bool:
@@ -75,6 +81,9 @@ class State:
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(submissions)")}
+        if "read_fingerprint" not in columns:  # a scheduler.db from before the column
+            self._db.execute("ALTER TABLE submissions ADD COLUMN read_fingerprint TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -118,14 +127,23 @@ class State:
             (status, message, submission_id),
         )
 
+    def set_read_fingerprint(self, submission_id: str, fingerprint: str) -> None:
+        self._db.execute(
+            "UPDATE submissions SET read_fingerprint = ? WHERE submission_id = ?",
+            (fingerprint, submission_id),
+        )
+
     def submissions(self, job: str | None = None) -> list[Submission]:
         """Submissions, oldest scheduled time first (of one job, or all)."""
-        query = "SELECT * FROM submissions"
+        query = (
+            "SELECT submission_id, job, scheduled, submitted_at, fingerprint, status, message, "
+            "read_fingerprint FROM submissions"
+        )
         args: tuple[str, ...] = ()
         if job is not None:
             query, args = query + " WHERE job = ?", (job,)
         rows = self._db.execute(query + " ORDER BY scheduled, submission_id", args).fetchall()
-        return [Submission(r[0], r[1], _dt(r[2]), _dt(r[3]), r[4], r[5], r[6]) for r in rows]
+        return [Submission(r[0], r[1], _dt(r[2]), _dt(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
 
     def unfinished(self, job: str | None = None) -> list[Submission]:
         return [s for s in self.submissions(job) if not s.finished]

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from jobs_helpers import write_data, write_job
 
-from setpipe.jobs.scheduler import Event, Scheduler
+from setpipe.data.fingerprint import fingerprint
+from setpipe.jobs.scheduler import Event, Scheduler, fingerprint_line, read_fingerprint
 from setpipe.jobs.state import State
 from setpipe.jobs.submit import JobsClient
 
@@ -223,3 +224,65 @@ def test_bad_job_file_is_reported_once(tmp_path: Path, client: JobsClient, clock
         ("sched-bad", "registered"),
     ]
     assert sched.run_once() == []
+
+
+def test_the_fingerprint_recorded_is_that_of_the_files_the_run_read(
+    tmp_path: Path, client: JobsClient, clock: Clock
+) -> None:
+    """A file that lands after the submission, before the run lists its data, is trained on:
+    the fingerprint recorded for the success must include it, or the next tick retrains
+    on the same data. The entrypoint lands the file, then runs the real `setpipe run`."""
+    sched, state, data = make(
+        tmp_path, client, clock, "sched-read", "cron: '0 * * * *'\non_new_data: true"
+    )
+    late = data.with_name("part-1.parquet")
+    lands = f"import shutil; shutil.copy({str(data)!r}, {str(late)!r})"
+    sched.entrypoint = f'python -c "{lands}" && python -m setpipe run resolved_job.yaml --quiet'
+    sched.run_once()
+    job = next(iter(sched._files.values())).job
+    assert job is not None
+    at_submit = fingerprint(job.data)
+    clock.at(11)
+    assert summary(sched.run_once()) == [("submitted", "1100", "")]
+    sid = "setpipe-sched-read-20261125T1100Z"
+    assert client.wait(sid, timeout=600) == "SUCCEEDED", client.logs(sid)[-3000:]
+    read = fingerprint(job.data)  # part-0 and part-1: what the run read
+    assert read != at_submit
+    assert f"data fingerprint {read}" in client.logs(sid)
+    clock.at(11, 30)
+    assert summary(sched.run_once()) == [("finished", "1100", "SUCCEEDED")]
+    assert state.last_success_fingerprint("sched-read") == read
+    assert [(s.fingerprint, s.read_fingerprint) for s in state.submissions()] == [(at_submit, read)]
+    clock.at(12)
+    assert summary(sched.run_once()) == [
+        ("skipped", "1200", "data unchanged since the last success")
+    ]
+
+
+def test_a_run_that_prints_no_fingerprint_keeps_the_submit_time_one(
+    tmp_path: Path, client: JobsClient, clock: Clock
+) -> None:
+    """A stand-in entrypoint (or an older setpipe) prints none: the fallback is the
+    fingerprint taken when the run was submitted, as before."""
+    sched, state, _ = make(
+        tmp_path, client, clock, "sched-nofp", "cron: '0 * * * *'\non_new_data: true"
+    )
+    sched.run_once()
+    clock.at(11)
+    sched.run_once()
+    client.wait("setpipe-sched-nofp-20261125T1100Z", timeout=120)
+    clock.at(11, 30)
+    assert summary(sched.run_once()) == [("finished", "1100", "SUCCEEDED")]
+    job = next(iter(sched._files.values())).job
+    assert job is not None
+    assert state.last_success_fingerprint("sched-nofp") == fingerprint(job.data)
+    assert [s.read_fingerprint for s in state.submissions()] == [None]
+
+
+def test_read_fingerprint_takes_the_runs_last_line() -> None:
+    a, b = "a" * 64, "b" * 64
+    noise = f"noise data fingerprint {'c' * 64}"
+    logs = f"starting\ndata fingerprint {a}\n{noise}\n  data fingerprint {b}\n"
+    assert read_fingerprint(logs) == b
+    assert read_fingerprint("data fingerprint 123\n") is None
+    assert fingerprint_line(a) == f"  data fingerprint {a}"
