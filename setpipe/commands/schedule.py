@@ -24,7 +24,8 @@ A job is scheduled by a schedule: block in its YAML (jobs without one are ignore
 Each due time is submitted once, as setpipe-<name>-<YYYYmmddTHHMMZ>: after a crash or
 restart the same id is refused by Ray as a duplicate, so nothing runs twice and nothing
 due is lost. A job seen for the first time is registered; its first run is its next cron
-time. --once prints one line per event and exits 1 if any was an error.
+time. --once prints one line per event (or, when nothing was due, each job's next
+time) and exits 1 if any was an error.
 
 examples:
   setpipe schedule jobs/ --address http://head:8265            # a long-running service
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             events = scheduler.run_once()
             for event in events:
                 print(event)
+            if not events:  # from cron, silence would not say the pass ran at all
+                print(scheduler.idle_note())
             return 1 if any(e.action == "error" for e in events) else 0
         print(f"scheduling {args.jobs_dir} every {args.interval:g} s (Ctrl-C stops)")
         scheduler.run_forever(

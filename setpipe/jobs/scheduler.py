@@ -114,6 +114,7 @@ class Scheduler:
         # or a quick stand-in in tests) gets the same runtime env and ids.
         self.entrypoint = entrypoint
         self._files: dict[Path, _Loaded] = {}
+        self._scheduled: list[JobSpec] = []
 
     # ------------------------------------------------------------------ passes
 
@@ -124,10 +125,31 @@ class Scheduler:
             raise JobError("the scheduler clock returned a naive datetime; give it a timezone")
         events = self._poll()
         jobs, load_events = self._load_jobs()
+        self._scheduled = jobs
         events += load_events
         for job in jobs:
             events += self._schedule(job, now)
         return events
+
+    def idle_note(self) -> str:
+        """What a pass that did nothing says: each scheduled job's next time, soonest first."""
+        from croniter import croniter
+
+        now = self.now()
+        upcoming = []
+        for job in self._scheduled:
+            assert job.schedule is not None
+            last = self.state.last_fire(job.name)
+            start = max(now, last) if last is not None else now
+            zone = ZoneInfo(job.schedule.timezone)
+            upcoming.append(
+                (croniter(job.schedule.cron, start.astimezone(zone)).get_next(datetime), job.name)
+            )
+        if not upcoming:
+            return f"nothing due: no job in {self.jobs_dir} has a schedule: block"
+        return "nothing due; next: " + ", ".join(
+            f"{name} at {_z(when)}" for when, name in sorted(upcoming)
+        )
 
     def run_forever(self, interval: float, log: Callable[[str], None] = print) -> None:
         """Passes every ``interval`` seconds until interrupted; a failing pass is logged."""

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from jobs_helpers import write_data, write_job
+from jobs_helpers import Head, write_data, write_job
 
+from setpipe.cli import main
 from setpipe.data.fingerprint import fingerprint
 from setpipe.jobs.scheduler import Event, Scheduler, fingerprint_line, read_fingerprint
 from setpipe.jobs.state import State
@@ -286,3 +287,26 @@ def test_read_fingerprint_takes_the_runs_last_line() -> None:
     assert read_fingerprint(logs) == b
     assert read_fingerprint("data fingerprint 123\n") is None
     assert fingerprint_line(a) == f"  data fingerprint {a}"
+
+
+def test_schedule_once_says_when_nothing_is_due(
+    tmp_path: Path, ray_head: Head, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`setpipe schedule --once` from cron printed nothing at all when nothing was due."""
+    write_data(tmp_path / "data" / "part-0.parquet")
+    write_job(
+        tmp_path / "jobs" / "yearly.yaml", "sched-once", tmp_path / "data", "cron: '0 0 1 1 *'"
+    )
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.token)
+    args = ["schedule", str(tmp_path / "jobs"), "--once", "--address", ray_head.address]
+    args += ["--workdir", str(tmp_path / "work")]
+    new_year = f"{datetime.now(UTC).year + 1}-01-01T00:00Z"
+    assert main(args) == 0
+    assert capsys.readouterr().out == f"sched-once registered: first run at {new_year}\n"
+    assert main(args) == 0
+    assert capsys.readouterr().out == f"nothing due; next: sched-once at {new_year}\n"
+    (tmp_path / "jobs" / "yearly.yaml").unlink()
+    assert main(args) == 0
+    assert capsys.readouterr().out == (
+        f"nothing due: no job in {tmp_path / 'jobs'} has a schedule: block\n"
+    )
