@@ -19,6 +19,7 @@ COMMANDS = (
     "validate",
     "schema",
     "datagen",
+    "convert",
     "inspect",
     "run",
     "serve",
