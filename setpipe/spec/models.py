@@ -464,12 +464,13 @@ EncoderSpec = Annotated[
 Task = Literal["classify", "regress", "rank"]
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "classify": ("loss", "accuracy", "auc"),
+    "classify": ("loss", "accuracy", "auc", "rej30", "rej50"),
     "regress": ("loss", "rmse"),
     "rank": ("loss", "ndcg", "mrr"),
 }
 """What each task's evaluation reports per split, as ``<split>_<name>`` (val_auc, test_rmse):
-the metrics code computes exactly these, and a monitored metric must be one of them."""
+the metrics code computes exactly these, and a monitored metric must be one of them.
+rej30/rej50: background rejection 1/ε_B at signal efficiency 30 %/50 % (maximize)."""
 
 
 def validation_metrics(task: str) -> tuple[str, ...]:
@@ -489,6 +490,13 @@ class ModelSpec(StrictModel):
         description="classify (set label, num_classes), regress (set value), or rank elements."
     )
     num_classes: int | None = Field(default=None, ge=2, description="Classes, for classify.")
+    background_class: int | None = Field(
+        default=None,
+        ge=0,
+        description="Classify: the background class id that rejection (val_rej30, val_rej50) is "
+        "measured against, each other class being a signal (default: 0 when binary; needed "
+        "for rejection with 3 or more classes).",
+    )
 
     @model_validator(mode="after")
     def _classes_for_classify(self) -> ModelSpec:
@@ -496,6 +504,16 @@ class ModelSpec(StrictModel):
             raise ValueError("task classify needs num_classes (2 or more)")
         if self.task != "classify" and self.num_classes is not None:
             raise ValueError(f"num_classes is only for task classify, not {self.task}")
+        if self.background_class is not None:
+            if self.task != "classify":
+                raise ValueError(
+                    f"model.background_class is only for task classify, not {self.task}; remove it"
+                )
+            if self.num_classes is not None and self.background_class >= self.num_classes:
+                raise ValueError(
+                    f"model.background_class {self.background_class} is not a class of "
+                    f"num_classes {self.num_classes}; expected 0 to {self.num_classes - 1}"
+                )
         return self
 
 
@@ -595,6 +613,46 @@ class TrackingSpec(StrictModel):
     direction: Literal["maximize", "minimize"] | None = Field(
         default=None, description="Whether a larger metric is better (default by task)."
     )
+    min_improvement: float | str | None = Field(
+        default=None,
+        description="How much the challenger must beat the champion by on the same validation "
+        "data: 'Nsigma' (N times the paired-bootstrap σ of the difference, e.g. 1sigma) or an "
+        "absolute delta (e.g. 0.002). None: any strict improvement.",
+        json_schema_extra={"examples": ["1sigma", "2sigma", 0.002]},
+    )
+
+    @field_validator("min_improvement")
+    @classmethod
+    def _min_improvement_form(cls, value: float | str | None) -> float | str | None:
+        if value is not None:
+            parse_min_improvement(value)
+        return value
+
+    @property
+    def improvement_rule(self) -> tuple[Literal["sigma", "delta"], float] | None:
+        """("sigma", N) or ("delta", d) from ``min_improvement``; None: strict improvement."""
+        return None if self.min_improvement is None else parse_min_improvement(self.min_improvement)
+
+
+_SIGMA_RULE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*sigma\s*$")
+
+
+def parse_min_improvement(value: float | str) -> tuple[Literal["sigma", "delta"], float]:
+    """'1sigma' -> ("sigma", 1.0); 0.002 or '0.002' -> ("delta", 0.002)."""
+    if isinstance(value, str):
+        match = _SIGMA_RULE.match(value)
+        if match:
+            return "sigma", float(match.group(1))
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(
+                "expected 'Nsigma' (e.g. 1sigma: beat the champion by one paired-bootstrap σ) "
+                "or an absolute delta (e.g. 0.002)"
+            ) from None
+    if not (value >= 0.0 and value < float("inf")):
+        raise ValueError("expected a finite number >= 0 (e.g. 0.002) or 'Nsigma' (e.g. 1sigma)")
+    return "delta", float(value)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -720,6 +778,13 @@ class JobSpec(StrictModel):
             for where, metric in watched
             if metric is not None and metric not in known
         ]
+        model = self.model
+        if model.task == "classify" and (model.num_classes or 0) > 2:
+            errors += [
+                _no_background(where, metric, model.num_classes or 0)
+                for where, metric in watched
+                if metric in ("val_rej30", "val_rej50") and model.background_class is None
+            ]
         if errors:
             # A ValidationError raised here keeps each error's own location (the metric
             # field, so the message names its line), where a ValueError would name the job.
@@ -739,6 +804,18 @@ class JobSpec(StrictModel):
         """(metric, direction) the registry gate compares."""
         metric, direction = TASK_DEFAULT_METRIC[self.model.task]
         return self.tracking.metric or metric, self.tracking.direction or direction  # type: ignore[return-value]
+
+
+def _no_background(where: tuple[str, ...], metric: str, classes: int) -> InitErrorDetails:
+    reason = (
+        f"{metric} with {classes} classes needs model.background_class (the class rejected); "
+        "set it, e.g. background_class: 0"
+    )
+    return InitErrorDetails(
+        type=PydanticCustomError("value_error", "{error}", {"error": reason}),
+        loc=where,
+        input=metric,
+    )
 
 
 def _not_reported(

@@ -6,6 +6,16 @@ one half; nDCG uses linear gains and log2 discounts like ``sklearn.metrics.ndcg_
 (scores are assumed untied; tied scores keep their input order). Ranking metrics are
 computed per set and averaged over sets.
 
+Background rejection ``rej30``/``rej50`` is 1/ε_B at signal efficiency ε_S = 0.3/0.5 on the
+ROC curve of one signal class against the background class (binary: class 1 against class
+0; multi-class: each class against ``model.background_class`` on the sets of those two
+classes with the score p_s / (p_s + p_b), as JetClass papers report, averaged over the
+signal classes). The interpolation rule: the ROC points are (ε_B, ε_S) after each run of
+tied scores, from (0, 0); the first point with ε_S >= the target and the point before it
+are joined by a straight line, read at the target. ε_B is floored at one background set
+(1 / n_B), so a perfect separation reads n_B, never infinity. Test figures get a bootstrap
+σ (``test_auc_sigma``...; 200 seeded resamples, ``setpipe.train.bootstrap``).
+
 Across Ray Train ranks, every rank gathers all predictions (``all_gather_object``) and
 computes the same figures, so every rank takes the same early-stopping decision.
 """
@@ -19,6 +29,7 @@ import numpy as np
 import torch
 
 from setpipe.spec.models import TASK_METRICS, Task
+from setpipe.train import bootstrap
 
 NDCG_K = 10
 """k of ``<split>_ndcg`` (nDCG@10): the first page of a re-ranked list."""
@@ -61,6 +72,181 @@ def roc_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
     classes = range(probabilities.shape[1])
     per_class = [_binary_auc(probabilities[:, c], targets == c) for c in classes]
     return float(np.mean(per_class))
+
+
+SIGNAL_EFFICIENCY = {"rej30": 0.3, "rej50": 0.5}
+"""Rejection metric name -> the signal efficiency it is read at."""
+SIGMA_METRICS = ("auc", "rej30", "rej50")
+"""The classify figures a test split reports with a bootstrap σ (``test_<name>_sigma``)."""
+
+
+def roc_rows(
+    scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ε_B [R, K+1], ε_S [R, K+1], background weight [R]) for each row of ``weights``
+    [R, N]: one point per distinct score, highest first, from (0, 0). NaN rows where a
+    row has no positive or no negative weight."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores = scores[order]
+    last = np.r_[np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), len(scores) - 1]
+    w = np.atleast_2d(weights)[:, order]
+    pos = positive[order]
+    tp = np.cumsum(w * pos, axis=1)[:, last]
+    fp = np.cumsum(w * ~pos, axis=1)[:, last]
+    zero = np.zeros((len(w), 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpr = np.hstack([zero, tp / tp[:, -1:]])
+        fpr = np.hstack([zero, fp / fp[:, -1:]])
+    return fpr, tpr, fp[:, -1]
+
+
+def _auc_rows(fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
+    # Trapezoids between tie-grouped points: the Mann-Whitney U with ties counted one half.
+    return np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2.0, axis=1)
+
+
+def _rejection_rows(
+    fpr: np.ndarray, tpr: np.ndarray, background: np.ndarray, efficiency: float
+) -> np.ndarray:
+    reached = tpr >= efficiency
+    i = np.argmax(reached, axis=1)  # first point at or past the target (never 0: tpr[0] = 0)
+    r = np.arange(len(tpr))
+    t0, t1, f0, f1 = tpr[r, i - 1], tpr[r, i], fpr[r, i - 1], fpr[r, i]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eps_b = np.maximum(f0 + (f1 - f0) * (efficiency - t0) / (t1 - t0), 1.0 / background)
+        out = 1.0 / eps_b
+    out[~reached.any(axis=1)] = np.nan  # no signal, or NaN rows
+    return out
+
+
+def signal_pairs(
+    probabilities: np.ndarray, targets: np.ndarray, background_class: int | None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, score, is_signal) per signal class; [] for multi-class without a background."""
+    classes = probabilities.shape[1]
+    if classes == 2:
+        b = 0 if background_class is None else background_class
+        rows = np.ones(len(targets), dtype=bool)
+        return [(rows, probabilities[:, 1 - b], targets == 1 - b)]
+    if background_class is None:
+        return []
+    pairs = []
+    for c in range(classes):
+        if c == background_class:
+            continue
+        rows = (targets == c) | (targets == background_class)
+        p_s, p_b = probabilities[rows, c], probabilities[rows, background_class]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = np.where(p_s + p_b > 0, p_s / (p_s + p_b), 0.5)
+        pairs.append((rows, score, targets[rows] == c))
+    return pairs
+
+
+def metric_rows(
+    name: str,
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    background_class: int | None = None,
+) -> np.ndarray:
+    """A classify metric (loss, accuracy, auc, rej30, rej50) once per row of per-set
+    ``weights`` [R, N] (bootstrap counts; a row of ones is the plain figure). ``loss`` is
+    the mean negative log-likelihood of the target class."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(targets)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    total = weights.sum(axis=1)
+    if name == "accuracy":
+        return weights @ (np.argmax(probabilities, axis=1) == targets) / total
+    if name == "loss":
+        p = probabilities[np.arange(len(targets)), targets]
+        with np.errstate(divide="ignore"):
+            return weights @ -np.log(p) / total
+    if name == "auc":
+        if probabilities.shape[1] == 2:
+            fpr, tpr, _ = roc_rows(probabilities[:, 1], targets == 1, weights)
+            return _auc_rows(fpr, tpr)
+        per_class = [
+            _auc_rows(*roc_rows(probabilities[:, c], targets == c, weights)[:2])
+            for c in range(probabilities.shape[1])
+        ]
+        return np.mean(per_class, axis=0)
+    if name in SIGNAL_EFFICIENCY:
+        pairs = signal_pairs(probabilities, targets, background_class)
+        if not pairs:
+            return np.full(len(weights), np.nan)
+        per_class = [
+            _rejection_rows(*roc_rows(score, signal, weights[:, rows]), SIGNAL_EFFICIENCY[name])
+            for rows, score, signal in pairs
+        ]
+        return np.mean(per_class, axis=0)
+    raise ValueError(f"metric_rows: no classify metric {name!r}")
+
+
+def rejection(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    efficiency: float,
+    background_class: int | None = None,
+) -> float:
+    """Background rejection 1/ε_B at signal efficiency ``efficiency`` (module docstring);
+    NaN where undefined (no signal or no background, or multi-class without a background)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(targets)
+    pairs = signal_pairs(probabilities, targets, background_class)
+    if not pairs:
+        return math.nan
+    ones = np.ones(len(targets))
+    values = [
+        _rejection_rows(*roc_rows(score, signal, ones[rows]), efficiency)[0]
+        for rows, score, signal in pairs
+    ]
+    return float(np.mean(values))
+
+
+def bootstrap_sigmas(
+    names: tuple[str, ...] | list[str],
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    background_class: int | None = None,
+    *,
+    resamples: int = bootstrap.RESAMPLES,
+    seed: int = bootstrap.SEED,
+) -> dict[str, float]:
+    """Bootstrap standard deviation (ddof 1) of each classify metric over seeded resamples
+    of the sets; resamples where a figure is undefined are left out."""
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for counts in bootstrap.chunks(len(targets), resamples, seed):
+        for name in names:
+            rows[name].append(metric_rows(name, probabilities, targets, counts, background_class))
+    return {name: _sigma(np.concatenate(parts)) for name, parts in rows.items()}
+
+
+def paired_sigmas(
+    name: str,
+    first: np.ndarray,
+    second: np.ndarray,
+    targets: np.ndarray,
+    background_class: int | None = None,
+    *,
+    resamples: int = bootstrap.RESAMPLES,
+    seed: int = bootstrap.SEED,
+) -> tuple[float, float, float]:
+    """(σ of first - second, σ of first, σ of second): two models' outputs on the same sets
+    in the same order, resampled with the same counts (a paired bootstrap)."""
+    a, b = [], []
+    for counts in bootstrap.chunks(len(targets), resamples, seed):
+        a.append(metric_rows(name, first, targets, counts, background_class))
+        b.append(metric_rows(name, second, targets, counts, background_class))
+    fa, fb = np.concatenate(a), np.concatenate(b)
+    return _sigma(fa - fb), _sigma(fa), _sigma(fb)
+
+
+def _sigma(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
 def rmse(predictions: np.ndarray, targets: np.ndarray) -> float:
@@ -117,8 +303,14 @@ class Evaluation:
     across batches, so per-set values are final when its batch is seen).
     """
 
-    def __init__(self, task: Task) -> None:
+    def __init__(
+        self, task: Task, *, background_class: int | None = None, sigma: bool = False
+    ) -> None:
         self.task = task
+        self.background_class = background_class
+        """``model.background_class``: what multi-class rejection is measured against."""
+        self.sigma = sigma
+        """Also report ``<prefix>_<name>_sigma`` (bootstrap) for SIGMA_METRICS (test)."""
         self.loss_sum = 0.0
         self.sets = 0
         self.skipped_rows = 0
@@ -188,9 +380,15 @@ class Evaluation:
         values = {"loss": self.loss_sum / self.sets if self.sets else math.nan}
         if self.parts:
             values |= self._scores(np.concatenate(self.parts))
-        return {
+        out = {
             f"{prefix}_{name}": values[name] for name in TASK_METRICS[self.task] if name in values
         }
+        if self.sigma and self.task == "classify" and self.parts:
+            names = [name for name in SIGMA_METRICS if name in values]
+            probabilities, targets = np.concatenate(self.parts), np.concatenate(self.targets)
+            sigmas = bootstrap_sigmas(names, probabilities, targets, self.background_class)
+            out |= {f"{prefix}_{name}_sigma": value for name, value in sigmas.items()}
+        return out
 
     def counts(self, prefix: str) -> dict[str, float]:
         """``<prefix>_skipped_rows``: the bad rows the reader dropped from this split."""
@@ -199,7 +397,13 @@ class Evaluation:
     def _scores(self, parts: np.ndarray) -> dict[str, float]:
         if self.task == "classify":
             targets = np.concatenate(self.targets)
-            return {"accuracy": accuracy(parts, targets), "auc": roc_auc(parts, targets)}
+            scores = {"accuracy": accuracy(parts, targets), "auc": roc_auc(parts, targets)}
+            if parts.shape[1] == 2 or self.background_class is not None:
+                scores |= {
+                    name: rejection(parts, targets, efficiency, self.background_class)
+                    for name, efficiency in SIGNAL_EFFICIENCY.items()
+                }
+            return scores
         if self.task == "regress":
             return {"rmse": rmse(parts, np.concatenate(self.targets))}
         return {"ndcg": float(parts[:, 0].mean()), "mrr": float(parts[:, 1].mean())}

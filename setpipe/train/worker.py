@@ -130,7 +130,9 @@ def evaluate(worker: Worker, split: str) -> Evaluation:
 
     job = worker.job
     shard = ray.train.get_dataset_shard(split)
-    evaluation = Evaluation(job.model.task)
+    evaluation = Evaluation(
+        job.model.task, background_class=job.model.background_class, sigma=split == "test"
+    )
     reading = BatchStats()
     worker.model.eval()
     with torch.no_grad():

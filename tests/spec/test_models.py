@@ -183,7 +183,8 @@ def test_monitored_metrics_are_the_task_s_validation_metrics() -> None:
     # A training metric is not a validation metric, whatever the task.
     assert problem(train={"early_stopping": {"metric": "train_loss"}}) == (
         't.yaml: train.early_stopping.metric: got "train_loss"; expected one of val_loss, '
-        "val_accuracy, val_auc (the validation metrics of task classify); did you mean "
+        "val_accuracy, val_auc, val_rej30, val_rej50 (the validation metrics of task classify); "
+        "did you mean "
         '"val_loss"?'
     )
     regress = job(model__task="regress", model__num_classes=None, tracking={"metric": "val_loss"})
@@ -192,3 +193,55 @@ def test_monitored_metrics_are_the_task_s_validation_metrics() -> None:
         spec = job(**rank, train={"early_stopping": {"metric": name}}, tracking={"metric": name})
         assert spec.train.early_stopping is not None
         assert (spec.train.early_stopping.metric, spec.promotion[0]) == (name, name)
+
+
+def test_background_class_is_a_class_of_a_classify_model() -> None:
+    three = {"model__num_classes": 3}
+    assert job(**three, model__background_class=2).model.background_class == 2
+    assert problem(**three, model__background_class=3) == (
+        "t.yaml: model: model.background_class 3 is not a class of num_classes 3; expected 0 to 2"
+    )
+    assert problem(model__task="regress", model__num_classes=None, model__background_class=0) == (
+        "t.yaml: model: model.background_class is only for task classify, not regress; remove it"
+    )
+
+
+def test_rejection_metrics_are_watchable_and_multiclass_needs_a_background() -> None:
+    spec = job(
+        train={"early_stopping": {"metric": "val_rej50", "direction": "maximize"}},
+        tracking={"metric": "val_rej30"},
+    )
+    assert spec.promotion == ("val_rej30", "maximize")
+    assert problem(model__num_classes=4, tracking={"metric": "val_rej50"}) == (
+        't.yaml: tracking.metric: got "val_rej50"; val_rej50 with 4 classes needs '
+        "model.background_class (the class rejected); set it, e.g. background_class: 0"
+    )
+    multi = job(model__num_classes=4, model__background_class=0, tracking={"metric": "val_rej50"})
+    assert multi.promotion == ("val_rej50", "maximize")
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("1sigma", ("sigma", 1.0)),
+        ("2.5sigma", ("sigma", 2.5)),
+        (" 0sigma ", ("sigma", 0.0)),
+        (0.002, ("delta", 0.002)),
+        ("0.002", ("delta", 0.002)),
+        (0, ("delta", 0.0)),
+    ],
+)
+def test_min_improvement_forms(value: Any, rule: tuple[str, float]) -> None:
+    assert job(tracking={"min_improvement": value}).tracking.improvement_rule == rule
+    assert job().tracking.improvement_rule is None
+
+
+def test_min_improvement_refuses_other_forms() -> None:
+    assert problem(tracking={"min_improvement": "1 sd"}) == (
+        "t.yaml: tracking.min_improvement: got \"1 sd\"; expected 'Nsigma' (e.g. 1sigma: beat "
+        "the champion by one paired-bootstrap σ) or an absolute delta (e.g. 0.002)"
+    )
+    assert problem(tracking={"min_improvement": -0.1}) == (
+        "t.yaml: tracking.min_improvement: got -0.1; expected a finite number >= 0 (e.g. 0.002) "
+        "or 'Nsigma' (e.g. 1sigma)"
+    )
