@@ -190,7 +190,9 @@ def run(
             validation=outcome.val_predictions,
         )
         metric, _ = job.promotion
-        decision = register_and_gate(job, run_id, logged_uri, outcome.val_metrics.get(metric))
+        decision = register_and_gate(
+            job, run_id, logged_uri, outcome.val_metrics.get(metric), outcome.val_predictions
+        )
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         close_run(run_id, status)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from conftest import make_job
 from mlflow.tracking import MlflowClient
@@ -12,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from setpipe.errors import RegistryError
 from setpipe.spec.models import JobSpec
 from setpipe.tracking.registry import CHALLENGER, GateDecision, decide, register_and_gate
+from setpipe.train.metrics import paired_sigmas, roc_auc
 
 
 @pytest.mark.parametrize(
@@ -161,3 +164,119 @@ def test_gate_follows_the_jobs_metric_and_alias(
     assert second.reason == "val_loss 0.4 < 0.5 of version 1: beats the champion (minimize)"
     client = MlflowClient(store, registry_uri=store)
     assert client.get_registered_model("qg").aliases == {"prod": 2, "challenger": 2}
+
+
+# --------------------------------------------------------------------------- noise-aware gate
+
+_N = 2000
+_Y = np.random.default_rng(100).integers(0, 2, _N)
+_SHARED = np.random.default_rng(101).normal(size=_N)  # what every model finds easy or hard
+
+
+def _outputs(seed: int, separation: float) -> tuple[np.ndarray, np.ndarray]:
+    """A binary model's validation outputs: the shared difficulty plus its own noise."""
+    own = 0.4 * np.random.default_rng(seed).normal(size=_N)
+    p1 = 1.0 / (1.0 + np.exp(-(separation * _Y + _SHARED + own)))
+    return np.stack([1 - p1, p1], axis=1).astype(np.float32), _Y.copy()
+
+
+CHAMPION = _outputs(1, 1.2)  # val_auc 0.77356
+LUCKY = _outputs(4, 1.2)  # the same model trained again: +0.0033, within the noise
+CLEAR = _outputs(50, 1.6)  # a better model: +0.076
+
+
+def _gate(job: JobSpec, store: str, model_dir: Path, outputs: Any, **tags: str) -> GateDecision:
+    run_id = _run(job, store)
+    for key, value in tags.items():
+        MlflowClient(store).set_tag(run_id, key, value)
+    value = roc_auc(*outputs) if outputs is not None else 0.7
+    return register_and_gate(job, run_id, str(model_dir), value, outputs)
+
+
+def test_noise_aware_gate_refuses_a_lucky_challenger_and_takes_a_clear_one(
+    workdir: Path, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "model").mkdir()
+    # Today's rule (no min_improvement): the lucky +0.0033 moves the alias.
+    strict = make_job(workdir, "classify", model_name="strict")
+    _gate(strict, store, tmp_path / "model", CHAMPION)
+    assert _gate(strict, store, tmp_path / "model", LUCKY).moved is True
+
+    job = make_job(workdir, "classify", model_name="noisy", min_improvement="1sigma")
+    first = _gate(job, store, tmp_path / "model", CHAMPION)
+    lucky = _gate(job, store, tmp_path / "model", LUCKY)
+    clear = _gate(job, store, tmp_path / "model", CLEAR)
+    assert (first.moved, lucky.moved, clear.moved) == (True, False, True)
+
+    auc = {name: roc_auc(*o) for name, o in [("c", CHAMPION), ("l", LUCKY), ("x", CLEAR)]}
+    assert auc["l"] - auc["c"] == pytest.approx(0.0032973, abs=1e-6)
+    sigma, lucky_sigma, champion_sigma = paired_sigmas("auc", LUCKY[0], CHAMPION[0], _Y)
+    assert lucky.noise is not None and clear.noise is not None
+    assert (lucky.noise.sigma, lucky.noise.margin) == (sigma, sigma)
+    assert sigma == pytest.approx(0.0052, abs=0.0003)  # > 0.0033: within the noise
+    # Each model alone varies twice as much: without pairing the gate could tell nothing.
+    assert champion_sigma > 1.8 * sigma and lucky_sigma > 1.8 * sigma
+    assert lucky.reason == (
+        f"val_auc {auc['l']:.6g} > {auc['c']:.6g} of version 1 by {auc['l'] - auc['c']:.3g}, "
+        f"needed more than {sigma:.3g} (min_improvement 1sigma, σ {sigma:.3g}, paired "
+        "bootstrap, 200 resamples of 2000 validation sets): does not beat the champion (maximize)"
+    )
+    assert clear.reason.startswith(f"val_auc {auc['x']:.6g} > {auc['c']:.6g} of version 1 by")
+    assert clear.reason.endswith("beats the champion (maximize)")
+    assert auc["x"] - auc["c"] > 10 * clear.noise.sigma
+
+    client = MlflowClient(store, registry_uri=store)
+    assert client.get_registered_model("noisy").aliases == {"champion": 3, "challenger": 3}
+    run = client.get_run(client.get_model_version("noisy", "2").run_id).data
+    assert run.metrics["gate.moved"] == 0.0
+    assert run.metrics["gate.sigma"] == pytest.approx(sigma, rel=1e-12)
+    assert run.metrics["gate.margin"] == pytest.approx(sigma, rel=1e-12)
+    assert run.metrics["gate.challenger_sigma"] == pytest.approx(lucky_sigma, rel=1e-12)
+    assert run.metrics["gate.champion_sigma"] == pytest.approx(champion_sigma, rel=1e-12)
+    assert run.tags["gate.min_improvement"] == "1sigma"
+    assert run.tags["gate.noise"] == "paired bootstrap, 200 resamples of 2000 validation sets"
+
+
+def test_noise_aware_gate_with_an_absolute_delta_and_reordered_sets(
+    workdir: Path, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "model").mkdir()
+    job = make_job(workdir, "classify", model_name="delta", min_improvement=0.002)
+    _gate(job, store, tmp_path / "model", CHAMPION)
+    order = np.random.default_rng(3).permutation(_N)  # Ray Data's blocks in another order
+    lucky = _gate(job, store, tmp_path / "model", (LUCKY[0][order], LUCKY[1][order]))
+    assert lucky.moved is True  # +0.0033 > 0.002
+    assert lucky.noise is not None and lucky.noise.margin == 0.002
+    assert lucky.noise.method.startswith("unpaired bootstrap (the sets came in another order)")
+    # Unpaired: each model's own σ in quadrature, far above the paired σ (0.0052).
+    expected = math.hypot(lucky.noise.challenger_sigma, lucky.noise.champion_sigma)
+    assert lucky.noise.sigma == pytest.approx(expected, rel=1e-12) and lucky.noise.sigma > 0.012
+
+
+def test_noise_aware_gate_falls_back_to_the_strict_rule_and_says_why(
+    workdir: Path, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "model").mkdir()
+    job = make_job(workdir, "classify", model_name="fallback", min_improvement="1sigma")
+    _gate(job, store, tmp_path / "model", None)  # version 1: a champion from before (no outputs)
+    champion = roc_auc(*CHAMPION)
+    digest = "data.validation.digest"
+    no_outputs = _gate(job, store, tmp_path / "model", CHAMPION, **{digest: "a" * 64})
+    assert no_outputs.moved is True and no_outputs.noise is None
+    assert no_outputs.reason == (
+        f"val_auc {champion:.6g} > 0.7 of version 1: beats the champion (maximize); "
+        "min_improvement 1sigma not applied: champion version 1 stored no validation outputs "
+        "(strict rule)"
+    )
+    other_data = _gate(job, store, tmp_path / "model", LUCKY, **{digest: "b" * 64})
+    assert other_data.moved is True and other_data.noise is None  # strict: +0.0033 > 0
+    assert other_data.reason.endswith(
+        "; min_improvement 1sigma not applied: the validation data differs from champion "
+        "version 2's (data.validation.digest bbbbbbbbbbbb vs aaaaaaaaaaaa) (strict rule)"
+    )
+    client = MlflowClient(store, registry_uri=store)
+    tags = client.get_run(client.get_model_version("fallback", "3").run_id).data.tags
+    assert tags["gate.noise"] == "none"
