@@ -235,7 +235,8 @@ def log_model(
 
     ``transforms`` is the fitted ``FittedTransforms``; ``example`` a RAW batch whose first
     sets become the input example; ``validation`` optional ``(probabilities [N, C],
-    targets [N])`` of the chosen weights, drawn as the ROC curve (classify).
+    targets [N])`` of the chosen weights, drawn as the ROC curve (classify) and logged as its
+    table ``plots/roc.json`` (``plots.roc_table``).
     """
     from setpipe.tracking.pyfunc import log_pyfunc
 
@@ -254,6 +255,9 @@ def log_model(
         figure = plots.roc_curve(*validation)
         if figure is not None:
             client.log_figure(run_id, figure, "plots/roc.png")
+        curves = plots.roc_table(*validation, background_class=job.model.background_class)
+        if curves:
+            client.log_dict(run_id, _json_safe(curves), "plots/roc.json")
     return model_uri
 
 

@@ -13,6 +13,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from setpipe.train.metrics import roc_rows, signal_pairs
+
+ROC_TABLE_POINTS = 200
+"""Most points per curve in ``plots/roc.json``: enough to read rejection off, small to log."""
+
 
 def _figure() -> Figure:
     fig = Figure(figsize=(6.0, 4.0), dpi=100)
@@ -91,3 +96,47 @@ def roc_curve(probabilities: np.ndarray, targets: np.ndarray) -> Figure | None:
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def roc_table(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    background_class: int | None = None,
+    max_points: int = ROC_TABLE_POINTS,
+) -> list[dict[str, Any]]:
+    """The ROC curves the rejection metrics read, as data: one entry per signal class with
+    ``threshold``, ``fpr`` (ε_B), ``tpr`` (ε_S) lists, highest threshold first.
+
+    Binary: class 1 against class 0; multi-class with a background class: each other class
+    against it on the score p_s / (p_s + p_b). The first point is (0, 0) at threshold
+    None (above every score). Longer curves keep ``max_points`` points evenly spaced in
+    the curve's order, the first and the last among them.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(targets)
+    classes = probabilities.shape[1]
+    background = 0 if background_class is None and classes == 2 else background_class
+    if background is None:
+        return []  # multi-class without a background class: no rejection curves
+    curves = []
+    for c, (rows, score, signal) in zip(
+        [c for c in range(classes) if c != background],
+        signal_pairs(probabilities, targets, background_class),
+        strict=True,
+    ):
+        fpr, tpr, _ = roc_rows(score, signal, np.ones(int(rows.sum())))
+        if not (np.isfinite(fpr).all() and np.isfinite(tpr).all()):
+            continue  # no signal or no background in this split
+        thresholds = np.r_[np.nan, np.unique(score)[::-1]]
+        keep = np.unique(np.linspace(0, len(thresholds) - 1, min(max_points, len(thresholds))))
+        keep = keep.round().astype(int)
+        curves.append(
+            {
+                "signal_class": c,
+                "background_class": background,
+                "threshold": [None if math.isnan(t) else float(t) for t in thresholds[keep]],
+                "fpr": fpr[0, keep].tolist(),
+                "tpr": tpr[0, keep].tolist(),
+            }
+        )
+    return curves

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -206,7 +207,12 @@ def test_run_content_and_champion_gate(
     assert s2.metrics["val_auc"] == max(h["val_auc"] for h in history)
 
     files = sorted(f.path for d in (None, "plots") for f in store.list_artifacts(s2.run_id, d))
-    assert files == ["history.json", "job.yaml", "plots", "plots/loss.png", "plots/roc.png"]
+    assert files == [
+        "gate", "history.json", "job.yaml", "plots", "plots/loss.png", "plots/roc.json",
+        "plots/roc.png",
+    ]  # fmt: skip
+    outputs = np.load(store.download_artifacts(s2.run_id, "gate/validation_outputs.npz"))
+    assert outputs["probabilities"].shape == (len(outputs["targets"]), good.model.num_classes)
     for plot in ("plots/loss.png", "plots/roc.png"):
         assert Path(store.download_artifacts(s2.run_id, plot)).read_bytes()[:8] == PNG_MAGIC
     logged = yaml.safe_load(Path(store.download_artifacts(s2.run_id, "job.yaml")).read_text())
