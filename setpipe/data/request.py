@@ -12,7 +12,9 @@ request shape covers all three layouts::
 into a raw-feature SetBatch, for both the pyfunc and the server. By hand, not by
 pydantic: pydantic on a 10⁶-element set's 4·10⁶ floats would cost 130 MB of objects and
 seconds. Every error names the set index and field the way the user wrote it, e.g.
-``sets[3].features.part_eta: expected 12 values like part_pt, found 11``.
+``sets[3].features.part_eta: expected 12 values like part_pt, found 11``. The server's
+streaming parser of big bodies (``serve._json``) raises the same errors through the
+public checks here (``check_numbers``, ``context_row``, ``too_many_elements``).
 
 It sits in the data layer, below tracking (the pyfunc) and serve (the HTTP app), and
 imports neither; torch is imported only where the SetBatch is built.
@@ -55,6 +57,19 @@ class BadRequest(ServeError):
         self.status = status
 
 
+DEFAULT_MAX_ELEMENTS_PER_SET = 2_000_000
+_JET_FEATURES = 4  # part_pt, part_eta, part_phi, part_pid: the layout the defaults are sized on
+_JSON_BYTES_PER_NUMBER = 8  # "-0.1234," or "211, ": a value rounded as a client sends it
+DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_ELEMENTS_PER_SET * _JET_FEATURES * _JSON_BYTES_PER_NUMBER
+"""64,000,000: the largest set the element limit admits, as JSON. The server parses a body
+within about its own size again (4 bytes a number), so this bounds a request's memory near
+200 MB; a 10⁶-element jet at 4 decimals is ~30 MB. Models with more features, or clients
+that send full double precision (~20 bytes a number), raise --max-body-bytes."""
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+"""Seconds a client has to send a whole request: a 64 MB body (the default limit) at
+~2 MB/s, ~100x what loopback or a LAN needs; a quiet client is let go after this long."""
+
+
 class Limits(BaseModel):
     """Per-request limits; each is a command-line option of ``setpipe serve``."""
 
@@ -62,13 +77,40 @@ class Limits(BaseModel):
 
     max_sets: int = Field(default=4096, ge=1, description="Sets in one request.")
     max_elements_per_set: int = Field(
-        default=2_000_000, ge=1, description="Elements in one set (larger sets are chunked)."
+        default=DEFAULT_MAX_ELEMENTS_PER_SET,
+        ge=1,
+        description="Elements in one set (larger sets are chunked).",
     )
     max_body_bytes: int = Field(
-        # A 10⁶-element jet (4 features, ~9 characters a number) is ~40 MB of JSON.
-        default=128 * 1024 * 1024,
-        ge=1,
-        description="Bytes of request body.",
+        default=DEFAULT_MAX_BODY_BYTES, ge=1, description="Bytes of request body."
+    )
+    request_timeout_s: float = Field(
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        gt=0.0,
+        description="Seconds a client has to send a whole request (408 after).",
+    )
+
+
+def too_many_sets(limits: Limits, count: int | None = None) -> BadRequest:
+    """The 413 for a request over ``--max-sets``; ``count`` None: parsing stopped at the limit."""
+    if count is None:
+        return BadRequest(
+            413,
+            f"sets: more than {limits.max_sets} sets; the limit is {limits.max_sets} per "
+            "request (--max-sets)",
+        )
+    return BadRequest(
+        413,
+        f"sets: {count} sets exceed the limit of {limits.max_sets} per request (--max-sets)",
+    )
+
+
+def too_many_elements(where: str, count: int, limits: Limits) -> BadRequest:
+    """The 413 for a set over ``--max-elements-per-set`` (``where``: ``sets[i]``)."""
+    return BadRequest(
+        413,
+        f"{where}: {count} elements exceed the limit of {limits.max_elements_per_set} per set "
+        "(--max-elements-per-set)",
     )
 
 
@@ -98,6 +140,23 @@ _NUMBER_TYPES = {int, float}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def check_numbers(where: str, values: np.ndarray, first: int = 0) -> None:
+    """422 naming the first value of ``values`` (float64, entries ``first``... of the list at
+    ``where``) that is not finite or does not fit float32."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise BadRequest(
+            422,
+            f"{where}[{first + i}]: {_non_finite(float(values[i]))} is not allowed; values must "
+            "be finite numbers",
+        )
+    outside = np.abs(values) > FLOAT32_MAX
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise BadRequest(422, f"{where}[{first + i}]: {_outside_float32(float(values[i]))}")
+
+
 def _as_values(where: str, value: Any) -> np.ndarray:
     """A feature list as float64 numbers, or a 422 naming the first bad entry."""
     if isinstance(value, list):
@@ -122,15 +181,7 @@ def _as_values(where: str, value: Any) -> np.ndarray:
             raise BadRequest(
                 422, f"{where}[{i}]: an integer of {digits} digits does not fit float32"
             )
-        raise BadRequest(
-            422,
-            f"{where}[{i}]: {_non_finite(float(value[i]))} is not allowed; values must be "
-            "finite numbers",
-        )
-    outside = np.abs(value) > FLOAT32_MAX
-    if outside.any():
-        i = int(np.argmax(outside))
-        raise BadRequest(422, f"{where}[{i}]: {_outside_float32(float(value[i]))}")
+    check_numbers(where, value)
     return value
 
 
@@ -141,7 +192,8 @@ def _outside_float32(value: float) -> str:
     )
 
 
-def _expect_keys(where: str, obj: dict, expected: list[str], what: str) -> None:
+def expect_keys(where: str, obj: dict, expected: list[str], what: str) -> None:
+    """422 for the first key of ``obj`` not in ``expected``, else for those missing."""
     unknown = [k for k in obj if k not in expected]
     if unknown:
         raise BadRequest(
@@ -155,11 +207,11 @@ def _expect_keys(where: str, obj: dict, expected: list[str], what: str) -> None:
         )
 
 
-def _context_row(where: str, ctx: Any, context_names: list[str]) -> list[float]:
+def context_row(where: str, ctx: Any, context_names: list[str]) -> list[float]:
     """One set's context as floats in the job's order, or a 422 naming the field."""
     if not isinstance(ctx, dict):
         raise BadRequest(422, f"{where}.context: expected an object, found {describe(ctx)}")
-    _expect_keys(f"{where}.context", ctx, context_names, "a context feature")
+    expect_keys(f"{where}.context", ctx, context_names, "a context feature")
     row = []
     for name in context_names:
         value = ctx[name]
@@ -195,11 +247,7 @@ def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
     if not isinstance(sets, list) or not sets:
         raise BadRequest(422, f"sets: expected a non-empty list of sets, found {describe(sets)}")
     if len(sets) > limits.max_sets:
-        raise BadRequest(
-            413,
-            f"sets: {len(sets)} sets exceed the limit of {limits.max_sets} per request "
-            "(--max-sets)",
-        )
+        raise too_many_sets(limits, len(sets))
     columns: list[list[np.ndarray]] = [[] for _ in features]
     sizes: list[int] = []
     contexts: list[list[float]] = []
@@ -221,17 +269,13 @@ def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
                 f"{where}.features: expected an object of feature lists, found "
                 f"{'nothing' if given is None else describe(given)}",
             )
-        _expect_keys(f"{where}.features", given, features, "an element feature")
+        expect_keys(f"{where}.features", given, features, "an element feature")
         first = _as_values(f"{where}.features.{features[0]}", given[features[0]])
         n = first.size
         if n == 0:
             raise BadRequest(422, f"{where}: empty set; a set needs at least one element")
         if n > limits.max_elements_per_set:
-            raise BadRequest(
-                413,
-                f"{where}: {n} elements exceed the limit of {limits.max_elements_per_set} per set "
-                "(--max-elements-per-set)",
-            )
+            raise too_many_elements(where, n, limits)
         columns[0].append(first)
         for f, name in enumerate(features[1:], start=1):
             values = _as_values(f"{where}.features.{name}", given[name])
@@ -243,7 +287,7 @@ def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
                 )
             columns[f].append(values)
         sizes.append(n)
-        contexts.append(_context_row(where, item.get("context", {}), context_names))
+        contexts.append(context_row(where, item.get("context", {}), context_names))
     # One float32 [E, F] block, filled column by column (no [E, F] float64 intermediate).
     values = np.empty((sum(sizes), len(features)), dtype=np.float32)
     for f, parts in enumerate(columns):
@@ -257,4 +301,18 @@ def sets_to_batch(sets: Any, job: JobSpec, limits: Limits) -> SetBatch:
     )
 
 
-__all__ = ["BadRequest", "Limits", "SetInput", "describe", "sets_to_batch"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_ELEMENTS_PER_SET",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "BadRequest",
+    "Limits",
+    "SetInput",
+    "check_numbers",
+    "context_row",
+    "describe",
+    "expect_keys",
+    "sets_to_batch",
+    "too_many_elements",
+    "too_many_sets",
+]

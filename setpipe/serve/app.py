@@ -19,6 +19,14 @@ its own.
 
 Endpoints: ``POST /predict``, ``GET /health``, ``GET /ready`` (503 until a model is
 loaded), ``GET /model``.
+
+Slow clients: a request's body must arrive within ``limits.request_timeout_s`` (``setpipe
+serve --request-timeout``, 30 s) of its handler starting, else 408; each replica has only
+``max_ongoing_requests`` slots, and a client that stops sending must not hold one for
+long. In front of the replicas, the local HAProxy (serve/ingress.py) holds a request
+until its headers and first 16 KB of body are in, within the same time, so most stalled
+clients never reach a replica at all, and answers ``GET /health`` itself from its checks
+of the replicas, so the health check answers while every slot is busy.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real Request class on
@@ -37,14 +45,7 @@ from ray import serve
 from setpipe.data.request import BadRequest, Limits
 from setpipe.errors import ServeError
 from setpipe.serve._batcher import ElementBatcher
-from setpipe.serve._json import ORJSON_MAX_BYTES
-from setpipe.serve.schema import (
-    ErrorResponse,
-    ModelInfo,
-    PredictResponse,
-    decode_body,
-    parse_request,
-)
+from setpipe.serve.schema import ErrorResponse, ModelInfo, PredictResponse, parse_request
 from setpipe.spec.models import DEFAULT_ELEMENT_BUDGET
 from setpipe.tracking.pyfunc import NON_FINITE_HINT, non_finite_sets
 from setpipe.tracking.store import not_a_registered_uri, parse_registry_uri, resolve
@@ -96,8 +97,13 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": message})
 
 
-async def _read_body(request: Request, cap: int) -> bytearray:
-    """The body, refused with 413 as soon as the declared or the received size passes cap."""
+async def _read_body(request: Request, cap: int, timeout_s: float) -> bytearray:
+    """The body, refused with 413 as soon as the declared or the received size passes cap,
+    and with 408 when it has not all arrived ``timeout_s`` seconds from now.
+
+    Grown as bytes arrive, never allocated from the declared size: a client announcing
+    64 MB and sending nothing costs nothing.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -109,12 +115,21 @@ async def _read_body(request: Request, cap: int) -> bytearray:
                 "(--max-body-bytes)",
             )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise BadRequest(
-                413, f"request body exceeds the limit of {cap} bytes (--max-body-bytes)"
-            )
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > cap:
+                    raise BadRequest(
+                        413, f"request body exceeds the limit of {cap} bytes (--max-body-bytes)"
+                    )
+    except TimeoutError:
+        expected = f"of {declared} bytes" if declared is not None else "bytes (chunked)"
+        raise BadRequest(
+            408,
+            f"body: not received within {timeout_s:g} s (--request-timeout); {len(body)} "
+            f"{expected} arrived",
+        ) from None
     return body
 
 
@@ -203,6 +218,7 @@ class SetModelServer:
         "/predict",
         response_model=PredictResponse,
         responses={
+            408: {"model": ErrorResponse},
             413: {"model": ErrorResponse},
             422: {"model": ErrorResponse},
             503: {"model": ErrorResponse},
@@ -215,13 +231,9 @@ class SetModelServer:
             return _error(503, "no model loaded yet")
         limits = self._config.limits
         try:
-            body: bytearray | str = await _read_body(request, limits.max_body_bytes)
+            body = await _read_body(request, limits.max_body_bytes, limits.request_timeout_s)
             # Validated against the job of the version loaded now; versions of one
             # registered model share the job's input layout.
-            if len(body) > ORJSON_MAX_BYTES:
-                # Huge: to text, and the bytes go before parsing, so that a 30 MB body is
-                # not held twice (bytes + text) while numpy arrays are filled.
-                body = await asyncio.to_thread(decode_body, body)
             if len(body) > _INLINE_PARSE_BYTES:
                 parsed = await asyncio.to_thread(parse_request, body, loaded.job, limits)
                 del body

@@ -7,22 +7,23 @@ feature name (the registered pyfunc's ``SetInput``, one definition in
     {"sets": [{"features": {"part_pt": [...], "part_eta": [...], ...},
                "context": {"jet_pt": 512.0}}]}
 
-The body is decoded by ``_json.loads_request`` (orjson lists for ordinary bodies, numpy
-arrays for huge ones) and its sets are checked and packed by ``data.request.sets_to_batch``,
-the same validation the pyfunc runs; every error names the set index and field.
+A small body is decoded by orjson and its sets checked and packed by
+``data.request.sets_to_batch``, the validation the pyfunc runs; a big one is parsed as a
+stream by ``_json.parse_sets`` with the same checks, stopping at the first limit passed
+(see _json.py). Every error names the set index and field.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from setpipe.data.batch import SetBatch
 from setpipe.data.request import BadRequest, Limits, SetInput, describe, sets_to_batch
-from setpipe.serve._json import loads_request
+from setpipe.serve._json import ORJSON_MAX_BYTES, parse_sets
 from setpipe.spec.models import JobSpec
 
 # --------------------------------------------------------------------------- API models
@@ -88,34 +89,28 @@ NESTED_TOO_DEEP = (
 )
 
 
-def _not_json(err: ValueError) -> BadRequest:
-    """The 422 for a body that is not JSON: not UTF-8, or malformed (where and why)."""
-    return BadRequest(422, f"body: not valid JSON ({err})")
-
-
-def decode_body(body: bytes | bytearray) -> str:
-    """The body as text; 422 when it is not UTF-8 (the message a JSON error would give)."""
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _not_json(err) from None
-
-
-def parse_request(body: bytes | bytearray | str, job: JobSpec, limits: Limits) -> ParsedRequest:
+def parse_request(body: bytes | bytearray, job: JobSpec, limits: Limits) -> ParsedRequest:
     """Decode and validate a ``POST /predict`` body (already read under the byte cap).
 
-    The server passes a body over ``_json.ORJSON_MAX_BYTES`` as text from ``decode_body``,
-    so that it can drop the bytes first; smaller ones as they came.
+    Up to ``_json.ORJSON_MAX_BYTES``: orjson, then ``sets_to_batch``. Bigger, or refused by
+    orjson (NaN, malformed, not UTF-8: the stream parser names what and where): parsed as
+    a stream, within about the body's size again.
     """
-    try:
-        doc = loads_request(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _not_json(err) from None
-    except RecursionError:  # the pure-Python decoder of huge bodies recurses per level
-        raise BadRequest(422, NESTED_TOO_DEEP) from None
+    if len(body) <= ORJSON_MAX_BYTES:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            if str(err).startswith("depth limit exceeded"):  # over 1024 levels
+                raise BadRequest(422, NESTED_TOO_DEEP) from None
+        else:
+            return ParsedRequest(batch=_document_to_batch(doc, job, limits))
+    return ParsedRequest(batch=parse_sets(body, job, limits))
+
+
+def _document_to_batch(doc: Any, job: JobSpec, limits: Limits) -> SetBatch:
     if not isinstance(doc, dict):
         raise BadRequest(422, f'body: expected an object {{"sets": [...]}}, found {describe(doc)}')
     unknown = [k for k in doc if k != "sets"]
     if unknown:
         raise BadRequest(422, f"body.{unknown[0]}: unknown field; expected sets")
-    return ParsedRequest(batch=sets_to_batch(doc.get("sets"), job, limits))
+    return sets_to_batch(doc.get("sets"), job, limits)

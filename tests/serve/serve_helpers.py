@@ -12,8 +12,16 @@ from setpipe.spec.models import JobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Seconds a client has to send its request (HAProxy and the replica); low so the slow-client
+# tests see it fire, far above what a loopback upload of the biggest test body takes.
+TEST_REQUEST_TIMEOUT_S = 5.0
 # Small on purpose: the serving tests need a registered model, not a good one.
-TEST_LIMITS = {"max_sets": 8, "max_elements_per_set": 20_000, "max_body_bytes": 2_000_000}
+TEST_LIMITS = {
+    "max_sets": 8,
+    "max_elements_per_set": 20_000,
+    "max_body_bytes": 2_000_000,
+    "request_timeout_s": TEST_REQUEST_TIMEOUT_S,
+}
 # Below the size of the big test set, so it is chunked instead of run whole.
 TEST_ELEMENT_BUDGET = 512
 
