@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
     files = moved({"all": done.files}, staging, args.out)["all"]
     rate = done.sets / max(done.seconds, 1e-9)
     print(
-        f"{done.sets} sets from {len(done.sources)} {fmt} files -> {len(files)} Parquet files in "
-        f"{args.out} ({done.seconds:.1f}s, {rate:.0f} sets/s)"
+        f"{done.sets} sets from {len(done.sources)} {fmt} file(s) -> {len(files)} Parquet "
+        f"file(s) in {args.out} ({done.seconds:.1f}s, {rate:.0f} sets/s)"
     )
     if done.schema is not None:
         lists = [f.name for f in done.schema if str(f.type).startswith("list")]

@@ -65,8 +65,8 @@ def test_root_round_trips_exactly_in_bounded_chunks(
     argv = ["convert", str(tmp_path / "jets.root"), "--out", str(out), "--step", "7"]
     assert main([*argv, "--rows-per-file", "20"]) == 0
     printed = capsys.readouterr()
-    assert printed.out.startswith(f"{N} sets from 1 root files -> 3 Parquet files in {out}")
-    assert f"converted {N} sets" in printed.err  # the progress line's last update
+    assert printed.out.startswith(f"{N} sets from 1 root file(s) -> 3 Parquet file(s) in {out}")
+    assert printed.err.count(f"converted {N} sets") == 1  # the progress line, once at the end
     files = sorted(out.glob("*.parquet"))
     assert [pq.ParquetFile(f).metadata.num_rows for f in files] == [20, 20, 13]
     # Streamed: no row group holds more than one chunk of --step sets.
@@ -240,3 +240,27 @@ def test_non_empty_out_is_refused_unless_overwrite(
     assert main([*argv, "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet"]
     assert read(out).num_rows == N
+
+
+def test_rntuple_converts_and_refuses_a_cut_uproot_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uproot 5 writes RNTuples by default and reads them, but its RNTuple ``cut`` is not
+    implemented: the cut was ignored and every set written."""
+    data = jets()
+    path = tmp_path / "jets.root"
+    with uproot.recreate(path) as file:
+        file["events"] = {"part": ak.zip({k.removeprefix("part_"): data[k] for k in PARTS}),
+                          "jet_pt": data["jet_pt"]}  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["convert", str(path), "--out", str(out), "--step", "10"]) == 0
+    table = read(out)
+    assert sorted(table.column_names) == sorted([*PARTS, "jet_pt"])  # the RNTuple's field order
+    for name in [*PARTS, "jet_pt"]:
+        assert table.column(name).to_pylist() == ak.to_list(data[name]), name
+    assert main(["convert", str(path), "--out", str(tmp_path / "cut"), "--cut", "jet_pt > 100"])
+    assert (
+        f"{path}: tree 'events' is an RNTuple, for which uproot does not apply --cut (it would "
+        "write every set); convert without --cut and filter the Parquet, or write a TTree"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "cut").exists()

@@ -5,7 +5,8 @@ set-level columns; a branch of records (an RNTuple field ``part: {pt, eta}[]``) 
 list column per field. ``columns`` selects branches by name or glob (uproot's
 ``filter_name``); ``cut`` is uproot's Python expression over branches (``(jet_pt > 500) &
 (npart >= 2)``), evaluated per chunk; it keeps or drops whole sets.
-The branches a cut reads need not be among ``columns``.
+The branches a cut reads need not be among ``columns``. uproot does not apply a cut to an
+RNTuple (it accepts and ignores it), so a cut on one is refused.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def iter_root(
             name = _tree_name(file, path, tree)
             obj = file[name]
             where = f"{path}: tree {name!r}"
+            if cut is not None and file.classname_of(name) == "ROOT::RNTuple":
+                # uproot 5 takes cut= for RNTuples and ignores it ("Not implemented yet").
+                raise DataError(
+                    f"{where} is an RNTuple, for which uproot does not apply --cut (it would "
+                    "write every set); convert without --cut and filter the Parquet, or write a "
+                    "TTree"
+                )
             if columns:
                 _check_columns(list(obj.keys()), columns, where)
             chunks = obj.iterate(filter_name=columns or None, cut=cut, step_size=step, library="ak")
