@@ -264,3 +264,29 @@ def test_rntuple_converts_and_refuses_a_cut_uproot_would_ignore(
         "write every set); convert without --cut and filter the Parquet, or write a TTree"
     ) in capsys.readouterr().err
     assert not (tmp_path / "cut").exists()
+
+
+def test_several_inputs_become_one_dataset_with_one_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = jets(seed=1), jets(seed=2)
+    write_root(tmp_path / "a.root", a)
+    write_root(tmp_path / "b.root", b)
+    out = tmp_path / "out"
+    files = [str(tmp_path / "a.root"), str(tmp_path / "b.root")]
+    assert main(["convert", *files, "--out", str(out), "--step", "20"]) == 0
+    assert f"{2 * N} sets from 2 root file(s) -> 1 Parquet file(s)" in capsys.readouterr().out
+    table = read(out)
+    for name in [*PARTS, "jet_pt"]:
+        assert table.column(name).to_pylist() == ak.to_list(a[name]) + ak.to_list(b[name]), name
+    # A file whose branches differ cannot join the dataset: named, and nothing is written.
+    with uproot.recreate(tmp_path / "c.root") as file:
+        file["events"] = {"jet_pt": np.ones(3)}
+    bad = [*files, str(tmp_path / "c.root")]
+    assert main(["convert", *bad, "--out", str(tmp_path / "o2"), "--format", "root"]) == 1
+    assert (
+        f"{tmp_path / 'c.root'}: columns ['jet_pt'] differ from the first input's ['npart', "
+        "'part_pt', 'part_eta', 'part_pid', 'jet_pt', 'label']; convert inputs with the same "
+        "columns together (--columns)"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
