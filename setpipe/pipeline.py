@@ -64,12 +64,15 @@ class Trained:
 
 
 def connect(address: str | None) -> None:
-    """No address: a local Ray in this process (token auth left on); else join the cluster."""
+    """No address: a local Ray in this process, on 127.0.0.1 only, token auth on (its token
+    file 0600); else join the cluster."""
     import ray
     import ray.data
 
+    from setpipe._compat import init_ray
+
     if not ray.is_initialized():
-        ray.init(address=address)
+        init_ray(address)
     # setpipe prints its own progress; Ray Data's would add a block of lines every 10 s.
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

@@ -177,3 +177,109 @@ def test_only_compat_reaches_ray_and_mlflow_internals() -> None:
         if path != REPO / "setpipe" / "_compat.py" and (used := internals_used(path))
     }
     assert found == {}
+
+
+# ------------------------------------------------------------------------ a local Ray on loopback
+
+
+def _python(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter (it changes Ray's module state); its stdout."""
+    import os
+
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip()
+
+
+def test_node_on_loopback_makes_ray_take_127_0_0_1_even_after_import() -> None:
+    code = (
+        "import ray\n"
+        "from ray._private import services\n"
+        "from setpipe._compat import node_on_loopback\n"
+        "before = services.get_node_ip_address()\n"
+        "node_on_loopback()\n"
+        "print(before != '127.0.0.1', services.get_node_ip_address())\n"
+    )
+    assert _python(code) == "True 127.0.0.1"
+
+
+def test_ray_init_still_takes_the_private_keyword_init_ray_passes() -> None:
+    from ray._private import worker
+
+    source = inspect.getsource(worker.init)
+    assert 'kwargs.pop("_metrics_export_port", None)' in source
+    assert "services.resolve_ip_for_localhost(_node_ip_address)" in source  # why the knob
+
+
+def test_grpc_wildcards_on_loopback_binds_serve_replicas_on_127_0_0_1() -> None:
+    """The hook wraps the helper replica.py binds with; replica.py still binds ``[::]:0``
+    (if Ray binds the node's address one day, this says the hook can go)."""
+    from ray.serve._private import replica
+
+    assert 'add_port_to_grpc_server(self._server, "[::]:0")' in inspect.getsource(replica)
+    code = (
+        "from concurrent import futures\n"
+        "import grpc, psutil\n"
+        "from setpipe._compat import grpc_wildcards_on_loopback\n"
+        "grpc_wildcards_on_loopback()\n"
+        "grpc_wildcards_on_loopback()  # a second call wraps nothing twice\n"
+        "from ray._common import tls_utils\n"
+        "from ray.serve._private import replica  # loaded after the hook, as in a worker\n"
+        "assert replica.add_port_to_grpc_server is tls_utils.add_port_to_grpc_server\n"
+        "assert not hasattr(tls_utils.add_port_to_grpc_server.__wrapped__, '__wrapped__')\n"
+        "server = grpc.server(futures.ThreadPoolExecutor(1))\n"
+        "port = replica.add_port_to_grpc_server(server, '[::]:0')\n"
+        "server.start()\n"
+        "conns = psutil.Process().net_connections('tcp')\n"
+        "ips = {c.laddr.ip.removeprefix('::ffff:') for c in conns if c.status == 'LISTEN'}\n"
+        "print(sorted(ips), [c.laddr.port for c in conns if c.status == 'LISTEN'] == [port])\n"
+    )
+    assert _python(code) == "['127.0.0.1'] True"  # IPv4 or IPv4-mapped IPv6
+
+
+def test_private_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import stat
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    token = tmp_path / ".ray" / "auth_token"
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    _compat.private_token_file()
+    assert not token.exists()  # no token auth: no token
+
+    monkeypatch.delenv("RAY_AUTH_MODE")  # unset: ray.init turns token auth on
+    _compat.private_token_file()
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    first = token.read_text()
+    assert len(first) == 64 and int(first, 16) >= 0
+    _compat.private_token_file()
+    assert token.read_text() == first  # an existing token is kept
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    capsys.readouterr()
+    token.chmod(0o644)  # as Ray writes it itself
+    _compat.private_token_file()
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert token.read_text() == first
+    assert capsys.readouterr().err == (
+        f"setpipe: {token} was readable by other users (mode 644); it is 0600 now. Whoever "
+        "read it can reach the Ray clusters started with it: delete it to have a new token "
+        "made\n"
+    )
+
+    os.remove(token)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-the-environment")
+    _compat.private_token_file()
+    assert not token.exists()  # Ray reads the variable, not a file
