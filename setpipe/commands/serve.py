@@ -6,10 +6,17 @@ import argparse
 import signal
 import time
 
+from setpipe import _compat
 from setpipe.commands._model_args import add_model_arguments, positive_int, tracking_uri
 from setpipe.data.request import Limits
 from setpipe.errors import ServeError
-from setpipe.serve.ingress import DEFAULT_INGRESS, INGRESSES, use_local_ingress
+from setpipe.serve.ingress import (
+    DEFAULT_INGRESS,
+    INGRESSES,
+    check_ports_free,
+    plan_ports,
+    use_local_ingress,
+)
 from setpipe.spec.models import DEFAULT_ELEMENT_BUDGET
 
 HELP = "Serve a registered model over HTTP (Ray Serve), following its alias as it moves."
@@ -19,6 +26,17 @@ def _autoscale(text: str) -> tuple[int, int]:
     low, sep, high = text.partition(":")
     if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high):
         raise argparse.ArgumentTypeError(f"expected MIN:MAX with 1 <= MIN <= MAX, found {text!r}")
+    return int(low), int(high)
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("-")
+    if not sep or not low.isdigit() or not high.isdigit():
+        raise argparse.ArgumentTypeError(f"expected LO-HI, found {text!r}")
+    if not 1024 <= int(low) <= int(high) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected LO-HI with 1024 <= LO <= HI <= 65535, found {text!r}"
+        )
     return int(low), int(high)
 
 
@@ -37,6 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how HTTP reaches the replicas of the local Ray this starts: haproxy (default; "
         "Ray Serve's HAProxy ingress straight to the replicas) or proxy (Serve's Python "
         "proxy actor). A cluster (--address) uses what its nodes were started with",
+    )
+    parser.add_argument(
+        "--ray-port-range",
+        type=_port_range,
+        metavar="LO-HI",
+        help="the local Ray's ports, from this range: its GCS, dashboard and metrics "
+        "exporter, HAProxy's stats and metrics pages, Serve's fallback proxy, the replicas' "
+        "own servers (default: free ports). Give each server on a machine its own range, "
+        "below the kernel's ephemeral ports (32768 and up on Linux)",
     )
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=positive_int, default=1, help="replicas (default 1)")
@@ -89,6 +116,16 @@ def run(args: argparse.Namespace) -> int:
             "nodes start (RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
             "for haproxy, as deploy/kuberay/raycluster.yaml does); drop --ingress"
         )
+    if args.address is not None and args.ray_port_range is not None:
+        raise ServeError(
+            "--ray-port-range with --address: a cluster's ports are set where its nodes "
+            "start; drop --ray-port-range"
+        )
+    ports = None
+    if args.ray_port_range is not None:
+        replicas = args.autoscale[1] if args.autoscale else args.replicas
+        ports = plan_ports(*args.ray_port_range, replicas=replicas, http_port=args.port)
+        check_ports_free(ports)
     uri = tracking_uri(args)
     name, version = resolve(args.model_uri, uri)
     limits = {
@@ -111,9 +148,17 @@ def run(args: argparse.Namespace) -> int:
         poll_s=args.poll_seconds,
     )
     if args.address is None:
-        use_local_ingress(args.ingress or DEFAULT_INGRESS, args.host)
-    # A new local Ray turns token auth on by itself; a cluster keeps its own setting.
-    ray.init(address=args.address, log_to_driver=False)
+        use_local_ingress(args.ingress or DEFAULT_INGRESS, args.host, ports)
+    # A new local Ray listens on 127.0.0.1 only and turns token auth on (its token file
+    # 0600); a cluster keeps its own settings.
+    _compat.init_ray(
+        args.address,
+        log_to_driver=False,
+        serve=True,
+        gcs_port=ports.gcs if ports else None,
+        metrics_export_port=ports.metrics_export if ports else None,
+        **({"dashboard_port": ports.dashboard} if ports else {}),
+    )
     try:
         url = start(config, version, host=args.host, port=args.port)
         following = f", following @{config.alias}" if config.alias else ""

