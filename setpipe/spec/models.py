@@ -785,6 +785,18 @@ class JobSpec(StrictModel):
                 for where, metric in watched
                 if metric in ("val_rej30", "val_rej50") and model.background_class is None
             ]
+        # Rejection is better when larger; early stopping's default direction is minimize.
+        directions = [
+            (("train", "early_stopping", "direction"), stop.metric, stop.direction)
+            if stop
+            else None,
+            (("tracking", "direction"), self.tracking.metric, self.tracking.direction),
+        ]
+        errors += [
+            _minimized_rejection(where, metric)
+            for where, metric, direction in filter(None, directions)
+            if metric in ("val_rej30", "val_rej50") and direction == "minimize"
+        ]
         if errors:
             # A ValidationError raised here keeps each error's own location (the metric
             # field, so the message names its line), where a ValueError would name the job.
@@ -804,6 +816,15 @@ class JobSpec(StrictModel):
         """(metric, direction) the registry gate compares."""
         metric, direction = TASK_DEFAULT_METRIC[self.model.task]
         return self.tracking.metric or metric, self.tracking.direction or direction  # type: ignore[return-value]
+
+
+def _minimized_rejection(where: tuple[str, ...], metric: str) -> InitErrorDetails:
+    reason = f"{metric} (background rejection) is better when larger; set direction: maximize"
+    return InitErrorDetails(
+        type=PydanticCustomError("value_error", "{error}", {"error": reason}),
+        loc=where,
+        input="minimize",
+    )
 
 
 def _no_background(where: tuple[str, ...], metric: str, classes: int) -> InitErrorDetails:

@@ -154,35 +154,90 @@ def metric_rows(
     """A classify metric (loss, accuracy, auc, rej30, rej50) once per row of per-set
     ``weights`` [R, N] (bootstrap counts; a row of ones is the plain figure). ``loss`` is
     the mean negative log-likelihood of the target class."""
+    return metrics_rows((name,), probabilities, targets, weights, background_class)[name]
+
+
+def metrics_rows(
+    names: tuple[str, ...] | list[str],
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    background_class: int | None = None,
+) -> dict[str, np.ndarray]:
+    """``metric_rows`` for several names at once: each ROC curve is built once and read
+    for AUC and every rejection (binary: one curve serves them all)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets)
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     total = weights.sum(axis=1)
-    if name == "accuracy":
-        return weights @ (np.argmax(probabilities, axis=1) == targets) / total
-    if name == "loss":
-        p = probabilities[np.arange(len(targets)), targets]
-        with np.errstate(divide="ignore"):
-            return weights @ -np.log(p) / total
-    if name == "auc":
-        if probabilities.shape[1] == 2:
-            fpr, tpr, _ = roc_rows(probabilities[:, 1], targets == 1, weights)
-            return _auc_rows(fpr, tpr)
-        per_class = [
-            _auc_rows(*roc_rows(probabilities[:, c], targets == c, weights)[:2])
-            for c in range(probabilities.shape[1])
-        ]
-        return np.mean(per_class, axis=0)
-    if name in SIGNAL_EFFICIENCY:
-        pairs = signal_pairs(probabilities, targets, background_class)
-        if not pairs:
-            return np.full(len(weights), np.nan)
-        per_class = [
-            _rejection_rows(*roc_rows(score, signal, weights[:, rows]), SIGNAL_EFFICIENCY[name])
-            for rows, score, signal in pairs
-        ]
-        return np.mean(per_class, axis=0)
-    raise ValueError(f"metric_rows: no classify metric {name!r}")
+    curves: dict[tuple[int, int | None], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def curve(
+        signal_class: int, against: int | None, rows: np.ndarray | None, score: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = (signal_class, against)  # against None: the rest (one-vs-rest)
+        if key not in curves:
+            w = weights if rows is None else weights[:, rows]
+            t = targets if rows is None else targets[rows]
+            curves[key] = roc_rows(score, t == signal_class, w)
+        return curves[key]
+
+    classes = probabilities.shape[1]
+    # The binary AUC curve is class 1 against class 0: the default rejection curve too.
+    binary_against = 0 if classes == 2 else None
+    # Multi-class without a background: signal_pairs gives none, so rejection is NaN.
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "accuracy":
+            out[name] = weights @ (np.argmax(probabilities, axis=1) == targets) / total
+        elif name == "loss":
+            p = probabilities[np.arange(len(targets)), targets]
+            with np.errstate(divide="ignore"):
+                out[name] = weights @ -np.log(p) / total
+        elif name == "auc":
+            if classes == 2:
+                out[name] = _auc_rows(*curve(1, 0, None, probabilities[:, 1])[:2])
+            else:
+                per_class = [
+                    _auc_rows(*curve(c, None, None, probabilities[:, c])[:2])
+                    for c in range(classes)
+                ]
+                out[name] = np.mean(per_class, axis=0)
+        elif name in SIGNAL_EFFICIENCY:
+            pairs = signal_pairs(probabilities, targets, background_class)
+            b = binary_against if background_class is None else background_class
+            signals = [c for c in range(classes) if c != b]
+            per_class = [
+                _rejection_rows(
+                    *curve(c, b, None if rows.all() else rows, score), SIGNAL_EFFICIENCY[name]
+                )
+                for c, (rows, score, _) in zip(signals, pairs, strict=False)
+            ]
+            out[name] = np.mean(per_class, axis=0) if per_class else np.full(len(weights), np.nan)
+        else:
+            raise ValueError(f"metric_rows: no classify metric {name!r}")
+    return out
+
+
+def rejection_per_class(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    efficiency: float,
+    background_class: int | None = None,
+) -> dict[int, float]:
+    """{signal class: 1/ε_B at ``efficiency``} against the background (module docstring);
+    NaN where undefined; {} for multi-class without a background class."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(targets)
+    classes = probabilities.shape[1]
+    b = (0 if classes == 2 else None) if background_class is None else background_class
+    signals = [c for c in range(classes) if c != b]
+    pairs = signal_pairs(probabilities, targets, background_class)
+    ones = np.ones(len(targets))
+    return {
+        c: float(_rejection_rows(*roc_rows(score, signal, ones[rows]), efficiency)[0])
+        for c, (rows, score, signal) in zip(signals, pairs, strict=False)
+    }
 
 
 def rejection(
@@ -191,19 +246,11 @@ def rejection(
     efficiency: float,
     background_class: int | None = None,
 ) -> float:
-    """Background rejection 1/ε_B at signal efficiency ``efficiency`` (module docstring);
-    NaN where undefined (no signal or no background, or multi-class without a background)."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    targets = np.asarray(targets)
-    pairs = signal_pairs(probabilities, targets, background_class)
-    if not pairs:
-        return math.nan
-    ones = np.ones(len(targets))
-    values = [
-        _rejection_rows(*roc_rows(score, signal, ones[rows]), efficiency)[0]
-        for rows, score, signal in pairs
-    ]
-    return float(np.mean(values))
+    """Background rejection 1/ε_B at signal efficiency ``efficiency`` (module docstring),
+    averaged over the signal classes; NaN where undefined (no signal or no background, or
+    multi-class without a background class)."""
+    per_class = rejection_per_class(probabilities, targets, efficiency, background_class)
+    return float(np.mean(list(per_class.values()))) if per_class else math.nan
 
 
 def bootstrap_sigmas(
@@ -219,8 +266,9 @@ def bootstrap_sigmas(
     of the sets; resamples where a figure is undefined are left out."""
     rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for counts in bootstrap.chunks(len(targets), resamples, seed):
+        found = metrics_rows(names, probabilities, targets, counts, background_class)
         for name in names:
-            rows[name].append(metric_rows(name, probabilities, targets, counts, background_class))
+            rows[name].append(found[name])
     return {name: _sigma(np.concatenate(parts)) for name, parts in rows.items()}
 
 
@@ -388,6 +436,11 @@ class Evaluation:
             probabilities, targets = np.concatenate(self.parts), np.concatenate(self.targets)
             sigmas = bootstrap_sigmas(names, probabilities, targets, self.background_class)
             out |= {f"{prefix}_{name}_sigma": value for name, value in sigmas.items()}
+            b = self.background_class
+            if probabilities.shape[1] > 2 and b is not None:  # JetClass-style, per class
+                for name, efficiency in SIGNAL_EFFICIENCY.items():
+                    per_class = rejection_per_class(probabilities, targets, efficiency, b)
+                    out |= {f"{prefix}_{name}_class{c}": v for c, v in per_class.items()}
         return out
 
     def counts(self, prefix: str) -> dict[str, float]:

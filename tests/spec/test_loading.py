@@ -355,26 +355,26 @@ BAD: list[tuple[str, str, list[str], str]] = [
         BASE + "tracking:\n  metric: val_acuracy\n",
         [],
         'jobs/x.yaml:20: tracking.metric: got "val_acuracy"; expected one of val_loss, '
-        "val_accuracy, val_auc (the validation metrics of task classify); did you mean "
-        '"val_accuracy"?',
+        "val_accuracy, val_auc, val_rej30, val_rej50 (the validation metrics of task classify); "
+        'did you mean "val_accuracy"?',
     ),
     (
         "early-stopping-metric-not-reported-by-task",
         edit(("  epochs: 3", "  epochs: 3\n  early_stopping: {metric: val_rmse}")),
         [],
         'jobs/x.yaml:19: train.early_stopping.metric: got "val_rmse"; expected one of val_loss, '
-        "val_accuracy, val_auc (the validation metrics of task classify)",
+        "val_accuracy, val_auc, val_rej30, val_rej50 (the validation metrics of task classify)",
     ),
     (
         "override-metric-typo",
         BASE,
         ["tracking.metric=auc", "train.early_stopping.metric=val_los"],
         'override "train.early_stopping.metric=val_los": train.early_stopping.metric: got '
-        '"val_los"; expected one of val_loss, val_accuracy, val_auc (the validation metrics of '
-        'task classify); did you mean "val_loss"?\n'
+        '"val_los"; expected one of val_loss, val_accuracy, val_auc, val_rej30, val_rej50 (the '
+        'validation metrics of task classify); did you mean "val_loss"?\n'
         'override "tracking.metric=auc": tracking.metric: got "auc"; expected one of val_loss, '
-        "val_accuracy, val_auc (the validation metrics of task classify); did you mean "
-        '"val_auc"?',
+        "val_accuracy, val_auc, val_rej30, val_rej50 (the validation metrics of task classify); "
+        'did you mean "val_auc"?',
     ),
     (
         "lr-infinite",

@@ -216,6 +216,10 @@ def test_rejection_metrics_are_watchable_and_multiclass_needs_a_background() -> 
         't.yaml: tracking.metric: got "val_rej50"; val_rej50 with 4 classes needs '
         "model.background_class (the class rejected); set it, e.g. background_class: 0"
     )
+    assert problem(train={"early_stopping": {"metric": "val_rej50"}}) == (
+        't.yaml: train.early_stopping.direction: got "minimize"; val_rej50 (background '
+        "rejection) is better when larger; set direction: maximize"
+    )
     multi = job(model__num_classes=4, model__background_class=0, tracking={"metric": "val_rej50"})
     assert multi.promotion == ("val_rej50", "maximize")
 

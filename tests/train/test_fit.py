@@ -22,7 +22,7 @@ TRAIN_KEYS = {
     "train_elements_per_s",
     "train_skipped_rows",
 }
-VAL_KEYS = {"val_loss", "val_accuracy", "val_auc", "val_skipped_rows"}
+VAL_KEYS = {"val_loss", "val_accuracy", "val_auc", "val_rej30", "val_rej50", "val_skipped_rows"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,11 @@ def test_in_process_run_learns_and_reports_metrics(ray_local, data: Path, workdi
     losses = [h["train_loss"] for h in out.history]
     assert losses[-1] < 0.6 * losses[0]
     assert out.val_metrics["val_auc"] > 0.9  # the classes differ in mean x by 1.6 sigma
-    assert set(out.test_metrics) == {"test_loss", "test_accuracy", "test_auc", "test_skipped_rows"}
+    assert set(out.test_metrics) == {
+        "test_loss", "test_accuracy", "test_auc", "test_rej30", "test_rej50", "test_skipped_rows",
+        "test_auc_sigma", "test_rej30_sigma", "test_rej50_sigma",
+    }  # fmt: skip
+    assert 0 < out.test_metrics["test_auc_sigma"] < 0.05  # bootstrap over the test sets
     assert out.test_metrics["test_auc"] > 0.9
     assert out.history[0]["train_skipped_rows"] == 0
     # Best epoch by the gate's metric (val_auc, maximize); its weights are returned.

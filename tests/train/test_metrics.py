@@ -17,10 +17,12 @@ from setpipe.train.metrics import (
     accuracy,
     bootstrap_sigmas,
     metric_rows,
+    metrics_rows,
     mrr,
     ndcg_at_k,
     paired_sigmas,
     rejection,
+    rejection_per_class,
     rmse,
     roc_auc,
 )
@@ -152,6 +154,26 @@ def test_multiclass_rejection_is_each_signal_against_the_background() -> None:
     assert rejection(probs, y, 0.5, background_class=2) == pytest.approx(
         np.mean(per_class), rel=1e-12
     )
+    assert list(rejection_per_class(probs, y, 0.5, 2)) == [0, 1, 3]
+    np.testing.assert_allclose(
+        list(rejection_per_class(probs, y, 0.5, 2).values()), per_class, rtol=1e-12
+    )
+    # The vectorised rows (bootstrap path) give the same figures with unit weights.
+    rows = metrics_rows(("auc", "rej50"), probs, y, np.ones((2, len(y))), background_class=2)
+    assert rows["rej50"] == pytest.approx([np.mean(per_class)] * 2, rel=1e-12)
+    assert rows["auc"] == pytest.approx([roc_auc(probs, y)] * 2, rel=1e-12)
+    # A test split reports each signal class as JetClass papers do.
+    logits_t = torch.tensor(np.log(probs), dtype=torch.float32)
+    batch = SetBatch.from_sets([torch.zeros(1, 1)] * len(y), targets=torch.tensor(y))
+    evaluation = Evaluation("classify", background_class=2, sigma=True)
+    evaluation.add(logits_t, batch, loss=1.0)
+    metrics = evaluation.compute("test")
+    assert sorted(k for k in metrics if "_class" in k) == [
+        f"test_rej{e}_class{c}" for e in (30, 50) for c in (0, 1, 3)
+    ]
+    p32, t32 = evaluation.predictions()  # type: ignore[misc]
+    assert metrics["test_rej50_class3"] == rejection_per_class(p32, t32, 0.5, 2)[3]
+    assert metrics["test_rej50"] == pytest.approx(rejection(p32, t32, 0.5, 2), rel=1e-12)
     assert math.isnan(rejection(probs, y, 0.5))  # 4 classes and no background: undefined
 
 
