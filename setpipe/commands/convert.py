@@ -147,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
             progress=sys.stderr,
             total_sources=len(args.inputs),
         )
+        if done.schema is None:  # raised inside: the empty staging directory is removed
+            raise DataError(
+                f"{', '.join(map(str, args.inputs))}: no entries to convert; nothing was "
+                "written. Check the inputs (--tree, --elements) hold sets"
+            )
     files = moved({"all": done.files}, staging, args.out)["all"]
     rate = done.sets / max(done.seconds, 1e-9)
     print(

@@ -290,3 +290,17 @@ def test_several_inputs_become_one_dataset_with_one_schema(
         "columns together (--columns)"
     ) in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_inputs_without_entries_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty tree used to give exit 0, '0 sets', and an --out with no file in it."""
+    with uproot.recreate(tmp_path / "empty.root") as file:
+        file.mktree("events", {"x": "f8"})
+    assert main(["convert", str(tmp_path / "empty.root"), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        f"{tmp_path / 'empty.root'}: no entries to convert; nothing was written. Check the "
+        "inputs (--tree, --elements) hold sets"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
