@@ -304,3 +304,27 @@ def test_inputs_without_entries_are_refused(
         "inputs (--tree, --elements) hold sets"
     ) in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_hdf5_set_level_datasets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """(N,) datasets, in groups too, become set-level columns; (N, K) ones are left out by
+    default and refused by name."""
+    path = tmp_path / "qg.h5"
+    energyflow_style(path)
+    weight = np.linspace(0.5, 1.5, N).astype(np.float32)
+    with h5py.File(path, "a") as file:
+        file["meta/weight"] = weight
+        file["jet"] = np.ones((N, 2))
+    names = "a,b,c,d"
+    argv = ["convert", str(path), "--features", names, "--out"]
+    assert main([*argv, str(tmp_path / "all")]) == 0
+    table = read(tmp_path / "all")
+    assert table.column_names == ["a", "b", "c", "d", "meta_weight", "y"]
+    assert table.column("meta_weight").to_numpy().tobytes() == weight.tobytes()
+    assert main([*argv, str(tmp_path / "some"), "--columns", "meta/weight"]) == 0
+    assert read(tmp_path / "some").column_names == ["a", "b", "c", "d", "meta_weight"]
+    assert main([*argv, str(tmp_path / "bad"), "--columns", "jet"]) == 1
+    assert (
+        f"{path}: dataset 'jet' has shape ({N}, 2), expected ({N},): one value per set of 'X'; "
+        "leave it out of --columns"
+    ) in capsys.readouterr().err
