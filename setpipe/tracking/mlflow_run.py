@@ -171,6 +171,9 @@ def open_run(job: JobSpec, run_id: str | None = None) -> str:
         tags["mlflow.source.git.commit"] = commit  # the tag MLflow's UI shows as the commit
     run = client.create_run(experiment_id, tags=tags, run_name=job.name)
     run_id = run.info.run_id
+    # Named as its Ray run is (<job>-<run id prefix>, pipeline.run), so that a job's runs
+    # can be told apart in the UI and each found beside its checkpoints.
+    client.update_run(run_id, name=f"{job.name}-{run_id[:8]}")
     params = [Param(k, v) for k, v in flatten_params(job.model_dump(mode="json")).items()]
     for start in range(0, len(params), 100):  # log_batch takes at most 100 params a call
         client.log_batch(run_id, params=params[start : start + 100])
@@ -185,7 +188,10 @@ def open_run(job: JobSpec, run_id: str | None = None) -> str:
 
 
 def log_epoch(run_id: str, tracking_uri: str, epoch: int, metrics: dict[str, float]) -> None:
-    """One epoch's metrics at step ``epoch`` (call on rank 0 only; safe in a Ray worker).
+    """One epoch's metrics at step ``epoch + 1`` (call on rank 0 only; safe in a Ray worker).
+
+    ``epoch`` counts from 0, as the training loop does; wherever a user sees an epoch (the
+    CLI's lines, MLflow steps, ``history.json``, the loss plot) the first one is epoch 1.
 
     ``tracking_uri`` is resolved on the driver (``tracking_uri_for``) and handed over: a
     worker resolving it from the job would see its own cwd (Ray Train runs workers in a
@@ -195,7 +201,7 @@ def log_epoch(run_id: str, tracking_uri: str, epoch: int, metrics: dict[str, flo
     client = MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     rows = [
-        Metric(key, float(value), now, int(epoch))
+        Metric(key, float(value), now, int(epoch) + 1)
         for key, value in metrics.items()
         if key != "epoch" and value is not None
     ]
@@ -247,8 +253,9 @@ def log_model(
         run_id, tracking_uri, job, state_dict, transforms.to_dict(), input_example
     )
     client.set_tag(run_id, "setpipe.model_uri", model_uri)
-    client.log_dict(run_id, _json_safe(history), "history.json")
-    figure = plots.loss_curves(history)
+    shown = [{**row, "epoch": int(row["epoch"]) + 1} if "epoch" in row else row for row in history]
+    client.log_dict(run_id, _json_safe(shown), "history.json")  # epochs from 1, as log_epoch
+    figure = plots.loss_curves(shown)
     if figure is not None:
         client.log_figure(run_id, figure, "plots/loss.png")
     if validation is not None and job.model.task == "classify":

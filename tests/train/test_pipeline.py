@@ -124,9 +124,9 @@ def test_worker_exit_in_epoch_2_resumes_and_leaves_one_finished_run(
     # Each epoch logged once: the dead attempt never reached epoch 2's log, the retry
     # did not repeat epoch 1's.
     for key in ("train_loss", "val_auc", "lr"):
-        assert steps(store, summary.run_id, key) == [0, 1, 2], key
+        assert steps(store, summary.run_id, key) == [1, 2, 3], key
     history = json.loads(Path(store.download_artifacts(summary.run_id, "history.json")).read_text())
-    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # numbered from 1, as the CLI prints
     assert summary.metrics["val_auc"] > 0.9
     state = json.loads((workdir / "runs" / "fails" / "state.json").read_text())
     assert state == {
@@ -197,10 +197,13 @@ def test_run_content_and_champion_gate(
         r.data.tags["data.validation.digest"]
         != store.get_run(s1.run_id).data.tags["data.validation.digest"]
     )
+    # Epochs are numbered from 1 wherever a user sees them: CLI, MLflow steps, history.json.
     for key in ("train_loss", "train_sets_per_s", "val_loss", "val_accuracy", "val_auc", "lr"):
-        assert steps(store, s2.run_id, key) == [0, 1], key
-    assert steps(store, s2.run_id, "test_auc") == [1]
+        assert steps(store, s2.run_id, key) == [1, 2], key
+    assert steps(store, s2.run_id, "test_auc") == [2]
     history = json.loads(Path(store.download_artifacts(s2.run_id, "history.json")).read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [r.info.run_name for r in runs] == [f"{good.name}-{s.run_id[:8]}" for s in summaries]
     assert [m.value for m in store.get_metric_history(s2.run_id, "val_auc")] == [
         h["val_auc"] for h in history
     ]
