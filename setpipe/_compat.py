@@ -66,6 +66,15 @@ def train_health_check_interval_s() -> float:
     return float(os.environ.get(TRAIN_HEALTH_CHECK_INTERVAL_S, "2"))
 
 
+# --------------------------------------------------------------------------- Ray core
+
+RAY_LOG_TO_DRIVER = "RAY_LOG_TO_DRIVER"
+"""The default of ``ray.init(log_to_driver=...)`` (ray/_private/ray_constants.py), read when
+Ray is imported: ``0`` leaves the workers' output in their log files instead of printing it
+in the driver. ``setpipe run --quiet`` sets it (commands/_quiet.py): ray.init is called by
+pipeline.connect, where the command's public argument cannot reach."""
+
+
 # --------------------------------------------------------------------------- Ray Serve ingress
 
 # Internal knobs of Ray Serve (ray/serve/_private/constants.py), read from the environment
@@ -131,6 +140,7 @@ argument for it."""
 
 ENV_KNOBS: dict[str, str] = {
     TRAIN_HEALTH_CHECK_INTERVAL_S: "ray.train.v2._internal.constants",
+    RAY_LOG_TO_DRIVER: "ray._private.ray_constants",
     SERVE_ENABLE_HA_PROXY: "ray.serve._private.constants",
     SERVE_THROUGHPUT_OPTIMIZED: "ray.serve._private.constants",
     SERVE_HAPROXY_STATS_PORT: "ray.serve._private.constants",
@@ -284,6 +294,7 @@ __all__ = [
     "ENV_KNOBS",
     "LOOPBACK",
     "RAY_GCS_SERVER_PORT",
+    "RAY_LOG_TO_DRIVER",
     "RAY_NODE_ON_LOOPBACK",
     "SERVE_DIRECT_INGRESS_MAX_GRPC_PORT",
     "SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",

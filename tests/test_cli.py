@@ -151,3 +151,56 @@ def test_run_takes_fresh_or_resume_not_both() -> None:
     result = setpipe("run", "jobs/quickstart.yaml", "--fresh", "--resume")
     assert result.returncode == 2
     assert "argument --resume: not allowed with argument --fresh" in result.stderr
+
+
+def run_quickstart(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`setpipe run jobs/quickstart.yaml` on tiny jets, 2 epochs, as a user runs it."""
+    from setpipe.data.datagen.jets import generate_jets
+
+    data = tmp_path / "data"
+    if not data.exists():
+        generate_jets(data, {"train": 200, "validation": 60, "test": 60}, seed=0)
+    args = [
+        f"workdir={tmp_path / 'work'}", f"data.train={data / 'train'}",
+        f"data.validation={data / 'validation'}", f"data.test={data / 'test'}", "train.epochs=2",
+    ]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "setpipe", "run", str(REPO / "jobs" / "quickstart.yaml"), *args,
+         *extra],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+
+# A line logged by Ray's or MLflow's Python loggers ("2026-11-29 16:58:44,419	INFO worker.py:..."
+# and "2026/11/29 16:58:57 INFO mlflow.store...").
+LIBRARY_INFO = re.compile(r"^\d{4}[-/]\d\d[-/]\d\d \d\d:\d\d:\d\d\S*\s+INFO ", re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_each_epoch_is_printed_once_with_ray_train_workers(tmp_path: Path) -> None:
+    """Ray Train turns a worker's print() into a log record and also copies it to stdout:
+    every epoch line reached the terminal twice. Ray's and MLflow's INFO chatter is not
+    setpipe's output."""
+    out = run_quickstart(tmp_path, "train.workers=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    both = out.stdout + out.stderr
+    for epoch in (1, 2):
+        lines = [line for line in both.splitlines() if f"epoch {epoch}/2  " in line]
+        assert len([line for line in lines if "train_loss=" in line]) == 1, lines
+    assert LIBRARY_INFO.findall(out.stderr) == []
+    assert "Any type hint" not in out.stderr  # MLflow's warning about setpipe's own hint
+
+
+@pytest.mark.slow
+def test_quiet_prints_the_summary_and_nothing_else(tmp_path: Path) -> None:
+    """--quiet printed ~30 lines of Ray and MLflow INFO (and the workers' own lines)."""
+    out = run_quickstart(tmp_path, "train.workers=2", "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["", "run finished"]
+    assert all(line.startswith("  ") for line in lines[2:]), lines
+    assert [line.split()[0] for line in lines[2:]] == [
+        "MLflow", "model", "alias", "metrics", "tracking_uri", "ray_run", "state",
+        "logged_model", "data", "champion",
+    ]  # fmt: skip

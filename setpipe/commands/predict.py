@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from setpipe.commands._quiet import library_logging
+
+    library_logging(quiet=False)
     import ray
 
     from setpipe.serve.batch_predict import predict_dataset

@@ -19,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workdir", default=None, help="where runs, checkpoints and MLflow live (job.workdir)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print the summary and errors only: no progress, no Ray or MLflow log lines",
+    )
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument(
         "--fresh",
@@ -71,6 +75,9 @@ def _summary(summary) -> str:  # summary: setpipe.pipeline.RunSummary
 
 
 def run(args: argparse.Namespace) -> int:
+    from setpipe.commands._quiet import library_logging
+
+    library_logging(quiet=args.quiet)  # before Ray and MLflow start: they read it then
     from setpipe import pipeline
     from setpipe.spec import load_job
 

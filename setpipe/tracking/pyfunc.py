@@ -27,6 +27,7 @@ import math
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from itertools import pairwise
@@ -206,6 +207,23 @@ class SetPyfunc(mlflow.pyfunc.PythonModel):
 # --------------------------------------------------------------------------- log and load
 
 
+def _without_any_hint_warning(show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that drops MLflow's "Any type hint" warning."""
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if "Any type hint is inferred as AnyType" not in str(message):
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def pip_requirements() -> list[str]:
     """``name==version`` of what the model needs, as installed here (setpipe: code_paths).
 
@@ -254,8 +272,10 @@ def log_pyfunc(
             local = Path(tmp) / "model"
             with warnings.catch_warnings():
                 # The output hint dict[str, Any] is deliberate (three task shapes); MLflow
-                # warns that it cannot validate Any.
-                warnings.filterwarnings("ignore", message=".*Any type hint.*")
+                # warns that it cannot validate Any, from inside a helper that resets the
+                # filters to "once" (filter_user_warnings_once), where no filter of ours
+                # holds: the warning is dropped where it would be shown instead.
+                warnings.showwarning = _without_any_hint_warning(warnings.showwarning)
                 mlflow.pyfunc.save_model(
                     path=str(local),
                     # What Model.log writes into MLmodel: where the model lives, and whose.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -347,7 +348,7 @@ class Progress:
 
     def start(self, start_epoch: int) -> None:
         if self.enabled and start_epoch > 0:
-            print(f"resuming from the checkpoint of epoch {start_epoch}", flush=True)
+            _say(f"resuming from the checkpoint of epoch {start_epoch}")
 
     def batch(self, epoch: int, step: int, loss: float, sets: int, started: float) -> None:
         now = time.monotonic()
@@ -356,10 +357,9 @@ class Progress:
         self.last = now
         elapsed = now - started
         eta = max(0.0, elapsed / step * (self.steps_per_epoch - step)) if step else 0.0
-        print(
+        _say(
             f"  epoch {epoch + 1}/{self.epochs}  batch {step}/~{self.steps_per_epoch}  "
-            f"loss {loss:.4f}  {sets / elapsed:.0f} sets/s  epoch ETA {eta:.0f}s",
-            flush=True,
+            f"loss {loss:.4f}  {sets / elapsed:.0f} sets/s  epoch ETA {eta:.0f}s"
         )
 
     def epoch(self, epoch: int, metrics: dict[str, float], seconds: float, note: str) -> None:
@@ -368,4 +368,12 @@ class Progress:
         shown = "  ".join(
             f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("train_loss", "val_"))
         )
-        print(f"epoch {epoch + 1}/{self.epochs}  {seconds:.1f}s  {shown}{note}", flush=True)
+        _say(f"epoch {epoch + 1}/{self.epochs}  {seconds:.1f}s  {shown}{note}")
+
+
+def _say(line: str) -> None:
+    """One progress line on stdout, once. Not print(): in a Ray Train worker, print is
+    patched to log the line (to stderr, forwarded to the driver) and also copy it to
+    stdout (forwarded too), so every epoch line reached the terminal twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -149,7 +149,7 @@ def fit(
         "log_epoch": log_epoch,
         "hooks": hooks or FailAtEpoch.from_env(),
     }
-    trainer = _torch_trainer(job, config, storage_path, run_name, datasets)
+    trainer = _torch_trainer(job, config, storage_path, run_name, datasets, progress)
     try:
         result = trainer.fit()
     except TrainError:
@@ -185,16 +185,17 @@ def _torch_trainer(
     storage_path: Path,
     run_name: str,
     datasets: dict[str, Any],
+    progress: bool = True,
 ) -> Any:  # ray.train.torch.TorchTrainer
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     spec = job.train
     resources, note = worker_resources(
         spec.workers, dict(spec.resources_per_worker), ray.cluster_resources().get("CPU", 0.0)
     )
-    if note:
+    if note and progress:
         print(f"note: {note}", flush=True)
     return TorchTrainer(
         train_loop,
@@ -209,6 +210,9 @@ def _torch_trainer(
             storage_path=str(storage_path),
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            # Ray Train's own INFO lines (worker group started, each report and checkpoint)
+            # would outnumber setpipe's progress lines; its warnings and errors still show.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
     )
