@@ -113,7 +113,7 @@ def _check_cluster_spec(spec: dict[str, Any], secret: str) -> None:
             assert env["MLFLOW_TRACKING_URI"]["value"].startswith("http"), container["name"]
 
 
-def test_raycluster_has_gpu_workers_and_token_auth() -> None:
+def test_raycluster_has_gpu_workers_and_token_auth(tmp_path: Path) -> None:
     path = KUBERAY / "raycluster.yaml"
     secret = _kind(path, "Secret")
     assert "auth_token" in secret["stringData"]
@@ -122,7 +122,7 @@ def test_raycluster_has_gpu_workers_and_token_auth() -> None:
     # Serve's HAProxy ingress, as `setpipe serve` sets it up for a local Ray.
     from setpipe.serve.ingress import local_ray_environment
 
-    local = local_ray_environment("haproxy", "0.0.0.0")
+    local = local_ray_environment("haproxy", "0.0.0.0", state_dir=str(tmp_path))
     for group in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]:
         env = _env(group["template"]["spec"]["containers"][0])
         for key in (
