@@ -251,7 +251,7 @@ def test_rerun_of_unfinished_job_resumes_same_run(
     assert again.info.status == "FINISHED"
     assert again.data.tags["setpipe.attempts"] == "2"
     for key in ("train_loss", "val_auc"):
-        assert steps(store, summary.run_id, key) == [0, 1, 2], key
+        assert steps(store, summary.run_id, key) == [1, 2, 3], key  # MLflow steps: epochs from 1
     assert json.loads(state_file.read_text())["status"] == "FINISHED"
     assert summary.version == "1" and summary.decision.moved
 
@@ -274,5 +274,5 @@ def test_workers_log_to_the_driver_s_store_with_a_relative_workdir(
     store = MlflowClient(uri)
     # Every epoch rank 0 logged is in the driver's store, and the run there is finished.
     for key in ("train_loss", "train_sets_per_s", "val_loss", "val_auc", "lr"):
-        assert steps(store, summary.run_id, key) == [0, 1], key
+        assert steps(store, summary.run_id, key) == [1, 2], key
     assert store.get_run(summary.run_id).info.status == "FINISHED"

@@ -72,7 +72,7 @@ def test_two_workers_on_a_two_cpu_ray_finish(tmp_path: Path) -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         root = make_data(Path({str(tmp_path)!r}) / "d", train=200, validation=60, test=60)
         job = job_from_dict(job_dict(root, Path({str(tmp_path)!r}) / "w", epochs=1, workers=2))
-        out = train(job, progress=False).outcome
+        out = train(job, progress=True).outcome
         print("trained", len(out.history), "epoch(s)")
         """
     )
