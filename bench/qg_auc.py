@@ -58,7 +58,7 @@ def job_for(name: str, data: str, workdir: Path, epochs: int, quick: bool):  # -
     # beside unit-scale pooled features it slows the optimiser down.
     base["data"].pop("context", None)
     for feature in base["data"]["features"]:
-        if feature["name"] in ("y_rel", "phi_rel"):
+        if feature["name"] in ("y_rel", "phi_rel") and {"op": "standardize"} not in feature["ops"]:
             # Centred y and phi spread over ~0.1: standardized, the MLP starts at unit scale.
             feature["ops"].append({"op": "standardize"})
     base["data"]["batch"]["element_budget"] = 8192  # ~190 jets a step: ~90 steps an epoch
