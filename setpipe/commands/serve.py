@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import time
 
@@ -38,6 +39,16 @@ def _port_range(text: str) -> tuple[int, int]:
             f"expected LO-HI with 1024 <= LO <= HI <= 65535, found {text!r}"
         )
     return int(low), int(high)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, found {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +108,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         help="how often the alias is re-resolved (default 5)",
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="time a client has to send a whole request; a slower or stalled one gets 408 "
+        f"and its connection is closed (default {limits['request_timeout_s']:g})",
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -134,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             ("max_sets", args.max_sets),
             ("max_elements_per_set", args.max_elements_per_set),
             ("max_body_bytes", args.max_body_bytes),
+            ("request_timeout_s", args.request_timeout),
         )
         if value is not None
     }
@@ -148,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
         poll_s=args.poll_seconds,
     )
     if args.address is None:
-        use_local_ingress(args.ingress or DEFAULT_INGRESS, args.host, ports)
+        timeout = config.limits.request_timeout_s
+        use_local_ingress(
+            args.ingress or DEFAULT_INGRESS, args.host, ports, request_timeout_s=timeout
+        )
     # A new local Ray listens on 127.0.0.1 only and turns token auth on (its token file
     # 0600); a cluster keeps its own settings.
     _compat.init_ray(

