@@ -5,13 +5,15 @@ server under test, so its figures measured the client. Here each client is one
 keep-alive connection that writes a pre-encoded request and reads the answer by its
 Content-Length (or chunks): ~0.1 ms a request. Every answer's status is checked and
 its body decoded as JSON, so a server answering quickly with errors does not count as
-fast. Loopback only: the bench passes 127.0.0.1.
+fast. Loopback only: the bench passes 127.0.0.1. ``partial_requests`` opens clients that
+send part of a request and go quiet (the slow-client phase).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -157,3 +159,36 @@ def run_load(
     except ImportError:  # pragma: no cover - uvloop comes with ray[serve]
         runner = asyncio.run
     return runner(_run(host, port, path, bodies, clients, duration))
+
+
+def partial_requests(
+    host: str, port: int, path: str, count: int, declared: int, sent: int
+) -> list[socket.socket]:
+    """``count`` connections that each send a POST's headers announcing ``declared`` body
+    bytes and the first ``sent`` of them, then nothing (the caller closes them)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode("ascii")
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection((host, port), timeout=10)
+            socks.append(sock)
+            sock.sendall(head + b'{"sets": [' + b" " * (sent - 10))
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def answered(sock: socket.socket) -> bool:
+    """Whether anything has come back on ``sock`` yet (without waiting)."""
+    sock.setblocking(False)
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+    finally:
+        sock.settimeout(10)

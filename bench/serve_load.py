@@ -5,19 +5,24 @@ Loopback only, fixed durations, stops by itself. For 50-element and 10k-element 
 two servers alternating for ROUNDS rounds; requests/s and p50/p99 latency are measured
 client-side over the pooled rounds, by a lean keep-alive client (_http_load.py; httpx
 itself took ~6 ms of CPU per request, more than the servers). setpipe is served as
-`setpipe serve` serves it: HAProxy ingress unless --ingress proxy. Then one request with
-a 10⁶-element set goes to setpipe while the RSS of the replica (the pid GET /model
-reports) and of the process HTTP enters through (HAProxy, or Serve's proxy actor with
---ingress proxy) is sampled every 10 ms from /proc; huge_set_rss_mb
-is the sum of the two growths.
+`setpipe serve` serves it: HAProxy ingress unless --ingress proxy. Then, on setpipe only:
+
+* slow clients: 200 connections send a POST's headers and the start of its body and go
+  quiet; while they wait, GET /health and one valid POST /predict must each answer 200
+  within a second (slow_clients_ok=1). Bounded: the 200 sockets close after the check.
+* one request with a 10⁶-element set (10⁵ with --quick), then one ~40 MB body of 4000
+  sets, while the RSS of the replica (the pid GET /model reports) and of the process HTTP
+  enters through (HAProxy, or Serve's proxy actor with --ingress proxy) is sampled every
+  10 ms from /proc; huge_set_rss_mb and big_body_rss_mb are the sums of the two growths,
+  big_body_rss_x that growth over the body's size.
 
     .venv/bin/python bench/serve_load.py [--quick] [--duration S] [--rounds R]
         [--ingress haproxy|proxy] [--model-uri URI --tracking-uri URI]
 
 Without --model-uri it trains the quickstart model on generated jets in a temp dir
 first. Ends with one line:
-RESULT rps_vs_mlflow=... p99_vs_mlflow=... huge_set_rss_mb=...
-(rps ratio: the smaller over the two set sizes; p99 ratio: the larger.)
+RESULT rps_vs_mlflow=... p99_vs_mlflow=... huge_set_rss_mb=... slow_clients_ok=1
+big_body_rss_mb=... (rps ratio: the smaller over the two set sizes; p99 ratio: the larger.)
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from _common import REPO, rss_mb, start_ray
-from _http_load import LoadStats, run_load
+from _http_load import LoadStats, answered, partial_requests, run_load
 
 from setpipe._net import free_port
 from setpipe.serve.ingress import DEFAULT_INGRESS, INGRESSES, use_local_ingress
@@ -98,14 +103,44 @@ def ingress_pid(ingress: str) -> int:
     raise SystemExit(f"no {ingress} process under this driver")
 
 
-def huge_set_rss(url: str, n: int, ingress: str) -> tuple[float, float, float, int]:
-    """Post one n-element set; (RSS growth MB of the replica, of the ingress, seconds, status).
+def slow_clients(url: str, port: int, body: bytes, count: int = 200) -> dict[str, float]:
+    """``count`` clients send headers and 200 of 10,000 body bytes, then nothing; meanwhile
+    GET /health and POST /predict of ``body`` are timed. {"ok": 1.0 if both answered 200
+    within a second while every slow client still waited, "health_ms", "predict_ms"}."""
+    socks = partial_requests("127.0.0.1", port, "/predict", count, declared=10_000, sent=200)
+    try:
+        time.sleep(0.5)  # every slow request has reached the server
+        took: dict[str, tuple[int | str, float]] = {}
+        with httpx.Client(timeout=5) as http:
+            for name, call in (
+                ("health", lambda: http.get(f"{url}/health")),
+                ("predict", lambda: http.post(f"{url}/predict", content=body)),
+            ):
+                t0 = time.perf_counter()
+                try:
+                    status: int | str = call().status_code
+                except httpx.TimeoutException as err:
+                    status = type(err).__name__
+                took[name] = (status, time.perf_counter() - t0)
+        waiting = sum(not answered(sock) for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+    ok = waiting == count and all(s == 200 and t < 1.0 for s, t in took.values())
+    print(f"slow clients: {count} waiting on their bodies ({waiting} still at the end): {took}")
+    return {
+        "ok": float(ok),
+        "health_ms": took["health"][1] * 1e3,
+        "predict_ms": took["predict"][1] * 1e3,
+    }
+
+
+def rss_growth(url: str, body: bytes, ingress: str) -> tuple[float, float, float, int]:
+    """Post ``body``; (RSS growth MB of the replica, of the ingress, seconds, status).
 
     Growth = peak RSS sampled every 10 ms during the request minus RSS just before it.
     """
     pids = {"replica": httpx.get(f"{url}/model").json()["pid"], "ingress": ingress_pid(ingress)}
-    body = json.dumps({"sets": [make_set(n, seed=99)]}).encode()
-    print(f"huge set: {n} elements, {len(body) / 1e6:.1f} MB of JSON, pids {pids}")
     base = {k: rss_mb(pid) for k, pid in pids.items()}
     peak = dict(base)
     done = threading.Event()
@@ -170,6 +205,7 @@ def main() -> int:
     warmup = 0.5 if args.quick else 1.0
     rounds = 1 if args.quick else args.rounds
     huge_n = 100_000 if args.quick else 1_000_000
+    big_sets, big_n = 4000, 340  # ~40 MB of JSON, within the default --max-sets 4096
 
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
@@ -224,11 +260,26 @@ def main() -> int:
                     f"errors {stats.errors}/{stats.requests} {stats.first_error[:200]}",
                     flush=True,
                 )
-        replica_mb, ingress_mb, seconds, status = huge_set_rss(setpipe_url, huge_n, args.ingress)
+        slow = slow_clients(setpipe_url, port, json.dumps({"sets": [make_set(50, 0)]}).encode())
+        body = json.dumps({"sets": [make_set(huge_n, seed=99)]}).encode()
+        print(f"huge set: {huge_n} elements, {len(body) / 1e6:.1f} MB of JSON")
+        replica_mb, ingress_mb, seconds, status = rss_growth(setpipe_url, body, args.ingress)
         growth = replica_mb + ingress_mb  # the server is both processes
         print(
             f"huge set answered with {status} in {seconds:.1f} s; RSS +{replica_mb:.0f} MB "
             f"replica, +{ingress_mb:.0f} MB {args.ingress}"
+        )
+        body = json.dumps({"sets": [make_set(big_n, seed) for seed in range(big_sets)]}).encode()
+        big_mb = len(body) / 2**20  # MiB, as rss_mb
+        print(f"big body: {big_sets} sets of {big_n} elements, {big_mb:.1f} MiB of JSON")
+        big_replica_mb, big_ingress_mb, big_seconds, big_status = rss_growth(
+            setpipe_url, body, args.ingress
+        )
+        del body
+        big_growth = big_replica_mb + big_ingress_mb
+        print(
+            f"big body answered with {big_status} in {big_seconds:.1f} s; RSS "
+            f"+{big_replica_mb:.0f} MB replica, +{big_ingress_mb:.0f} MB {args.ingress}"
         )
     finally:
         mlflow_proc.terminate()
@@ -247,7 +298,11 @@ def main() -> int:
         f"huge_set_ingress_mb={ingress_mb:.0f} rps_vs_mlflow_50={rps[50]:.2f} "
         f"rps_vs_mlflow_10k={rps[10_000]:.2f} p99_vs_mlflow_50={p99[50]:.2f} "
         f"p99_vs_mlflow_10k={p99[10_000]:.2f} huge_set_elements={huge_n} "
-        f"huge_set_status={status} errors={errors} ingress={args.ingress}"
+        f"huge_set_status={status} slow_clients_ok={int(slow['ok'])} "
+        f"slow_clients_health_ms={slow['health_ms']:.0f} "
+        f"slow_clients_predict_ms={slow['predict_ms']:.0f} big_body_rss_mb={big_growth:.0f} "
+        f"big_body_mb={big_mb:.1f} big_body_rss_x={big_growth / big_mb:.2f} "
+        f"big_body_status={big_status} errors={errors} ingress={args.ingress}"
     )
     return 0
 

@@ -246,7 +246,7 @@ class _Parser:
         start = i + 1
         close = self.body.find(b"]", start)
         stop = self.size if close < 0 else close
-        nested = [k for k in map(lambda c: self.body.find(c, start, stop), b'"[{') if k >= 0]
+        nested = [k for c in b'"[{' if (k := self.body.find(c, start, stop)) >= 0]
         if nested or close < 0:
             self._not_plain(at, start, min(nested) if nested else self.size)  # always raises
         empty = self._ws(start) >= close

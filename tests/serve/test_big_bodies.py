@@ -1,10 +1,11 @@
 """Big request bodies cost a small multiple of their size, and limits stop the parse early.
 
-The replica's own parse path (``schema.parse_request``) on real bodies, no Ray: memory is
-measured with tracemalloc, which numpy's buffers report to (the batch is a numpy array
-shared with torch). The body itself exists before tracing starts, so a peak of ``k`` times
-the body means ``k + 1`` bodies' worth in all while it is parsed. bench/serve_load.py
-measures the same in a running replica by RSS.
+The replica's own parse path (``schema.parse_request``) on real bodies, no Ray (but for
+the last test, which looks at the session's replica): memory is measured with
+tracemalloc, which numpy's buffers report to (the batch is a numpy array shared with
+torch). The body itself exists before tracing starts, so a peak of ``k`` times the body
+means ``k + 1`` bodies' worth in all while it is parsed. bench/serve_load.py measures the
+whole request in a running replica by RSS.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import json
 import tracemalloc
 from collections.abc import Callable
 
+import httpx
 import numpy as np
 import pytest
 import torch
-from serve_helpers import REPO
+from serve_helpers import REPO, Server
 
 from setpipe.data.request import BadRequest, Limits, sets_to_batch
 from setpipe.serve.schema import parse_request
@@ -227,3 +229,11 @@ def test_the_stream_parser_names_every_pinned_bad_payload_as_the_small_body_path
         assert (err.value.status, str(err.value)) == (422, message)
         checked += 1
     assert checked == len(BAD_PAYLOADS) - 3
+
+
+def test_the_replica_returns_big_buffers_to_the_os(server: Server) -> None:
+    """The replica process starts with glibc's mmap threshold fixed (serve/app.py), so a
+    big request's buffers are unmapped when freed instead of kept in growing heaps."""
+    pid = httpx.get(f"{server.url}/model", timeout=30).json()["pid"]
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        assert b"MALLOC_MMAP_THRESHOLD_=4194304" in environ.read().split(b"\0")
