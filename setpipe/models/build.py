@@ -9,6 +9,7 @@ from setpipe.models.deepsets import DeepSets
 from setpipe.models.heads import ClassifyHead, RankHead, RegressHead
 from setpipe.models.set_model import SetModel
 from setpipe.models.set_transformer import SetTransformerEncoder
+from setpipe.models.slot_context import SlotStates, slot_layout
 from setpipe.models.umbc import UMBC
 from setpipe.spec.models import DeepSetsSpec, ModelSpec, UMBCSpec
 
@@ -63,6 +64,18 @@ def build_model(spec: ModelSpec, num_features: int, num_context: int = 0) -> Set
         task_head = ClassifyHead(out_dim, hidden, spec.num_classes, dropout)
     elif spec.task == "regress":
         task_head = RegressHead(out_dim, hidden, dropout)
+    elif spec.head.context == "slots":
+        # Each element attends to its set's slots: UMBC's finalize gives them (SlotStates).
+        if isinstance(encoder, UMBC):
+            encoder = SlotStates(encoder)
+        task_head = RankHead(
+            num_features,
+            encoder.out_dim,  # type: ignore[arg-type]
+            hidden,
+            dropout,
+            slots=slot_layout(encoder),
+            heads=spec.head.context_heads,
+        )
     else:
         task_head = RankHead(num_features, out_dim, hidden, dropout)
     return SetModel(encoder, task_head, spec.task)

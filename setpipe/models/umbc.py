@@ -212,6 +212,25 @@ class UMBC(MBCEncoder):
             pooled = pooled + state["query"]
         return self.norm_after(pooled)
 
+    def slot_states(self, state: MBCState) -> torch.Tensor:
+        """The finalized slots [B, K + s, dim] that element-level heads attend to
+        (setpipe/models/slot_context.py): the K slot vectors after the slot head's SAB
+        blocks (they have seen each other), then the head's s pooled outputs (its PMA
+        seeds; the mlp head's one output). Every head parameter takes part."""
+        slots = self.slot_outputs(state)
+        if isinstance(self.head, SetTransformer):
+            x = self.head.input(slots)
+            for block in self.head.blocks:
+                x = block(x)
+            return torch.cat([x, self.head.pma(x)], 1)
+        return torch.cat([slots, self.head(slots)[:, None]], 1)
+
+    @property
+    def slot_states_shape(self) -> tuple[int, int]:
+        """(K + s, dim): the shape of one set's ``slot_states``."""
+        seeds = self.head.pma.seeds.shape[1] if isinstance(self.head, SetTransformer) else 1
+        return self.num_slots + seeds, self.dim
+
     def finalize(self, state: MBCState, context: torch.Tensor | None = None) -> torch.Tensor:
         out = self.head(self.slot_outputs(state))
         if self.num_context:

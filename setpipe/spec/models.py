@@ -481,6 +481,17 @@ def validation_metrics(task: str) -> tuple[str, ...]:
 class HeadSpec(StrictModel):
     hidden: list[PositiveInt] = Field(default=[64], description="Hidden widths of the task head.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout in the head.")
+    context: Literal["pooled", "slots"] = Field(
+        default="pooled",
+        description="Rank: what each element is scored against. pooled: the set embedding; "
+        "slots: its own multi-head cross-attention read-out of the set's finalized slots "
+        "(umbc: the K slots and the slot head's outputs; set_transformer: its PMA outputs; "
+        "deepsets: the embedding as one slot, which adds nothing). Still two passes over "
+        "chunks, constant memory in the list length.",
+    )
+    context_heads: PositiveInt = Field(
+        default=4, description="Rank with context slots: attention heads of the read-out."
+    )
 
 
 class ModelSpec(StrictModel):
@@ -497,6 +508,15 @@ class ModelSpec(StrictModel):
         "measured against, each other class being a signal (default: 0 when binary; needed "
         "for rejection with 3 or more classes).",
     )
+
+    @model_validator(mode="after")
+    def _slots_for_rank(self) -> ModelSpec:
+        if self.head.context == "slots" and self.task != "rank":
+            raise ValueError(
+                f"model.head.context: slots is for task rank (elements read their set's "
+                f"slots), not {self.task}; remove it or use task rank"
+            )
+        return self
 
     @model_validator(mode="after")
     def _classes_for_classify(self) -> ModelSpec:
