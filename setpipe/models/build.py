@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from setpipe.errors import ModelError
 from setpipe.models.deepsets import DeepSets
 from setpipe.models.heads import ClassifyHead, RankHead, RegressHead
+from setpipe.models.masked import build_masked_model
 from setpipe.models.set_model import SetModel
 from setpipe.models.set_transformer import SetTransformerEncoder
 from setpipe.models.slot_context import SlotStates, slot_layout
@@ -14,10 +17,18 @@ from setpipe.models.umbc import UMBC
 from setpipe.spec.models import DeepSetsSpec, ModelSpec, UMBCSpec
 
 
-def build_model(spec: ModelSpec, num_features: int, num_context: int = 0) -> SetModel:
+def build_model(
+    spec: ModelSpec,
+    num_features: int,
+    num_context: int = 0,
+    feature_names: Sequence[str] | None = None,
+) -> SetModel:
     """The model a job describes, for ``num_features`` element and ``num_context`` set features.
 
     The context joins the encoder's output (DeepSets: before rho) so every head sees it.
+    ``feature_names`` (the model features, in order) place ``model.pretrain.visible_features``
+    for task pretrain_masked; without them every feature is predicted (until the saved
+    weights are loaded: they carry which features were).
     """
     if num_features < 1:
         raise ModelError(
@@ -57,6 +68,8 @@ def build_model(spec: ModelSpec, num_features: int, num_context: int = 0) -> Set
             num_context,
         )
     out_dim: int = encoder.out_dim  # type: ignore[assignment]
+    if spec.task == "pretrain_masked":
+        return build_masked_model(encoder, num_features, spec.pretrain, feature_names)
     hidden, dropout = spec.head.hidden, spec.head.dropout
     task_head: nn.Module
     if spec.task == "classify":

@@ -61,6 +61,8 @@ def output_schema_names(job: JobSpec) -> list[str]:
     task = job.model.task
     if task == "classify":
         return [f"prob_{c}" for c in range(job.model.num_classes or 0)] + ["label"]
+    if task == "pretrain_masked":
+        return ["embedding"]
     return ["value"] if task == "regress" else ["scores"]
 
 
@@ -73,6 +75,9 @@ def prediction_columns(job: JobSpec, outputs: list[dict[str, Any]]) -> dict[str,
         columns = {f"prob_{c}": pa.array(probs[:, c]) for c in range(probs.shape[1])}
         columns["label"] = pa.array(probs.argmax(axis=1).astype(np.int64))
         return columns
+    if task == "pretrain_masked":
+        rows = [list(o["embedding"]) for o in outputs]
+        return {"embedding": pa.array(rows, type=pa.list_(pa.float64()))}
     if task == "regress":
         return {"value": pa.array([float(o["value"]) for o in outputs], type=pa.float64())}
     return {"scores": pa.array([list(o["scores"]) for o in outputs], type=pa.list_(pa.float64()))}

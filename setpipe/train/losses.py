@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from setpipe.data.batch import SetBatch
+from setpipe.models.masked import masked_loss
 
 
 def listwise_softmax_loss(scores: torch.Tensor, batch: SetBatch) -> torch.Tensor:
@@ -36,6 +37,8 @@ def listwise_softmax_loss(scores: torch.Tensor, batch: SetBatch) -> torch.Tensor
 
 def task_loss(task: str, outputs: torch.Tensor, batch: SetBatch) -> torch.Tensor:
     """Mean loss over the batch's sets: cross-entropy, MSE, or the listwise loss."""
+    if task == "pretrain_masked":
+        return masked_loss(outputs)  # its targets are the elements: no label, no set weight
     if task == "classify":
         return F.cross_entropy(outputs.float(), batch.targets.long())
     if task == "regress":

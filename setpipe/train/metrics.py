@@ -384,6 +384,8 @@ class Evaluation:
         if self.task == "classify":
             self.parts.append(torch.softmax(out, dim=-1).numpy())
             self.targets.append(batch.targets.cpu().numpy())
+        elif self.task == "pretrain_masked":
+            self.parts.append(out.double().numpy())  # [B, 2]: squared error, masked count
         elif self.task == "regress":
             self.parts.append(out.numpy())
             self.targets.append(batch.targets.float().cpu().numpy())
@@ -457,6 +459,9 @@ class Evaluation:
                     for name, efficiency in SIGNAL_EFFICIENCY.items()
                 }
             return scores
+        if self.task == "pretrain_masked":
+            sse, count = parts.sum(axis=0)
+            return {"masked_mse": float(sse / count) if count else math.nan}
         if self.task == "regress":
             return {"rmse": rmse(parts, np.concatenate(self.targets))}
         return {"ndcg": float(parts[:, 0].mean()), "mrr": float(parts[:, 1].mean())}

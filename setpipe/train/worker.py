@@ -77,7 +77,10 @@ def build_worker(job: JobSpec, transforms: dict[str, Any], total_steps: int) -> 
     amp = spec.amp and device.type == "cuda"
     _seed_everything(spec.seed)  # same seed on every rank: identical initial weights
     model = build_model(
-        job.model, num_features=len(job.data.feature_names), num_context=len(job.data.context)
+        job.model,
+        num_features=len(job.data.feature_names),
+        num_context=len(job.data.context),
+        feature_names=job.data.feature_names,
     ).to(device)
     # DDP runs SetModel.forward, which reaches the gradient estimator too (grad_budget=...),
     # so every step goes through DDP's own forward and its gradient hooks.

@@ -94,11 +94,14 @@ def test_evaluation_reports_the_task_table_s_names() -> None:
     batches = {
         "classify": SetBatch.from_sets(sets, targets=torch.tensor([1, 0])),
         "regress": SetBatch.from_sets(sets, targets=torch.tensor([0.5, 2.0])),
+        "pretrain_masked": SetBatch.from_sets(sets),  # no labels at all
         "rank": SetBatch.from_sets(sets, element_targets=torch.tensor([0.0, 1, 0, 0, 0])),
     }
     outputs = {
         "classify": torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
         "regress": torch.tensor([[1.0], [1.0]]),
+        # Per set: squared error summed over its masked entries, and their count.
+        "pretrain_masked": torch.tensor([[2.0, 4.0], [1.0, 2.0]]),
         "rank": torch.tensor([0.9, 0.1, 0.3, 0.2, 0.1]),
     }
     assert sorted(TASK_METRICS) == sorted(batches)
@@ -109,6 +112,8 @@ def test_evaluation_reports_the_task_table_s_names() -> None:
         assert list(metrics) == [f"test_{name}" for name in TASK_METRICS[task]], task
         assert metrics["test_loss"] == 0.25
         assert all(math.isfinite(v) for v in metrics.values()), (task, metrics)
+        if task == "pretrain_masked":  # (2 + 1) / (4 + 2): over masked entries, not sets
+            assert metrics["test_masked_mse"] == 0.5
     # Rank: set 1's relevant element ranks 2nd (nDCG 1/log2(3), RR 1/2); set 2 has none (0, 0).
     assert metrics["test_ndcg"] == pytest.approx(0.5 / math.log2(3), abs=1e-15)
     assert metrics["test_mrr"] == 0.25
