@@ -9,6 +9,12 @@ Scaling: logits are divided by sqrt(dim / heads), the width of one head's dot pr
 divides by sqrt(dim), the full width, which is sqrt(heads) too cold: with 4 heads the
 softmax starts twice as flat as intended. We keep the standard per-head scaling.
 
+Pairwise interactions (``model.encoder.pairwise``, setpipe/models/pairwise.py): a bias
+[B, heads, N, N] from features of each pair of elements is added to the logits of every
+SAB block before the key mask, as ParT adds its U to the particle attention blocks. The
+same bias serves every block; PMA's seeds are not elements and get none, and ISAB (whose
+elements only meet inducing points) is refused with pairwise when the job loads.
+
 Not mini-batch consistent: attention between elements needs the whole set at once.
 Used as an encoder for small sets and as the head after the UMBC slots.
 """
@@ -21,6 +27,7 @@ import torch
 from torch import nn
 
 from setpipe.data.batch import SetBatch
+from setpipe.models.pairwise import PairwiseEmbedding
 from setpipe.models.protocol import require_context
 
 
@@ -39,26 +46,37 @@ class MAB(nn.Module):
         self.ln1 = nn.LayerNorm(dim)
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """q [B, Nq, dim_q], k [B, Nk, dim_k], key_mask [B, Nk] (True = attend) -> [B, Nq, dim]."""
+        """q [B, Nq, dim_q], k [B, Nk, dim_k], key_mask [B, Nk] (True = attend), bias
+        [B, H, Nq, Nk] added to the logits (pairwise interactions) -> [B, Nq, dim]."""
         b, nq, _ = q.shape
         nk = k.shape[1]
         qp = self.fc_q(q)
         vh = self.fc_v(k).view(b, nk, self.heads, self.head_dim)
-        attn = self.weights(qp, self.fc_k(k), key_mask)
+        attn = self.weights(qp, self.fc_k(k), key_mask, bias)
         h = qp + torch.einsum("bhqk,bkhd->bqhd", attn, vh).reshape(b, nq, -1)
         h = self.ln0(h)
         return self.ln1(h + torch.relu(self.fc_o(h)))
 
     def weights(
-        self, qp: torch.Tensor, kp: torch.Tensor, key_mask: torch.Tensor | None
+        self,
+        qp: torch.Tensor,
+        kp: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attention weights [B, H, Nq, Nk] from projected queries and keys."""
+        """Attention weights [B, H, Nq, Nk] from projected queries and keys (plus ``bias``)."""
         b, nq, _ = qp.shape
         qh = qp.view(b, nq, self.heads, self.head_dim)
         kh = kp.view(b, kp.shape[1], self.heads, self.head_dim)
         logits = torch.einsum("bqhd,bkhd->bhqk", qh, kh) / math.sqrt(self.head_dim)
+        if bias is not None:
+            logits = logits + bias.to(logits.dtype)
         if key_mask is not None:
             # finfo.min, not -inf: a set with no keys (empty) gets a finite uniform
             # attention instead of NaN; any real key outweighs it by exp(huge).
@@ -73,8 +91,10 @@ class SAB(nn.Module):
         super().__init__()
         self.mab = MAB(dim_in, dim_in, dim, heads)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.mab(x, x, mask)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out = self.mab(x, x, mask, bias)
         return out if mask is None else out * mask[..., None].to(out.dtype)
 
 
@@ -133,10 +153,13 @@ class SetTransformer(nn.Module):
         self.pma = PMA(dim, heads, seeds)
         self.out_dim = seeds * dim
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``bias [B, H, N, N]``: pairwise interactions added in every SAB block (not ISAB)."""
         x = self.input(x)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, bias) if bias is not None else block(x, mask)
         return self.pma(x, mask).flatten(1)
 
 
@@ -152,15 +175,22 @@ class SetTransformerEncoder(nn.Module):
         seeds: int = 1,
         inducing_points: int | None = None,
         num_context: int = 0,
+        pairwise: PairwiseEmbedding | None = None,
     ) -> None:
         super().__init__()
+        if pairwise is not None and inducing_points is not None:
+            raise ValueError("pairwise needs SAB blocks; ISAB has no element-to-element attention")
         self.net = SetTransformer(num_features, dim, heads, layers, seeds, inducing_points)
+        self.pairwise = pairwise
         self.num_context = num_context
         self.out_dim = self.net.out_dim + num_context
 
     def forward(self, batch: SetBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.pairwise is not None:
+            self.pairwise.check_sizes(batch.sizes())
         x, mask = batch.padded()
-        out = self.net(x, mask)
+        bias = self.pairwise(x, mask) if self.pairwise is not None else None
+        out = self.net(x, mask, bias)
         if self.num_context:
             out = torch.cat([out, require_context(batch.context, self.num_context, out)], 1)
         return out

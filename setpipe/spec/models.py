@@ -378,10 +378,46 @@ class DeepSetsSpec(StrictModel):
     phi: list[PositiveInt] = Field(
         default=[128, 128, 128], min_length=1, description="Widths of the per-element MLP phi."
     )
-    pooling: Literal["sum", "mean", "max"] = Field(default="sum", description="Set pooling.")
+    pooling: Literal["sum", "mean", "max", "lcm"] = Field(
+        default="sum",
+        description="Set pooling; lcm: a learned commutative binary operator applied as a "
+        "balanced tree (Ong & Velickovic 2022), MBC only as far as it is associative.",
+    )
     rho: list[PositiveInt] = Field(
         default=[128, 128], description="Widths of the MLP rho after pooling."
     )
+    lcm_hidden: list[PositiveInt] = Field(
+        default=[128],
+        min_length=1,
+        description="pooling lcm: hidden widths of g in a (+) b = a + b + g(LN(a + b), LN(a * b)).",
+    )
+    lcm_assoc_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="pooling lcm: weight of the associativity regulariser added to the training "
+        "loss: |(a (+) b) (+) c - a (+) (b (+) c)|^2 / |(a (+) b) (+) c|^2 over random triples of "
+        "tree nodes (0 = off).",
+    )
+    lcm_partition_chunks: int = Field(
+        default=3,
+        ge=2,
+        description="pooling lcm: the logged partition error (val_/test_lcm_partition_error) "
+        "splits each set into this many contiguous chunks, folds them one by one and compares "
+        "with the whole set.",
+    )
+
+    @model_validator(mode="after")
+    def _lcm_fields_need_lcm(self) -> DeepSetsSpec:
+        if self.pooling != "lcm":
+            # By value, not by the fields set: a dumped job holds the defaults and must load.
+            defaults = {"lcm_hidden": [128], "lcm_assoc_weight": 0.0, "lcm_partition_chunks": 3}
+            given = [name for name, value in defaults.items() if getattr(self, name) != value]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} only apply to pooling lcm, not {self.pooling}; set "
+                    "pooling: lcm or remove them"
+                )
+        return self
 
 
 class SetTransformerHeadSpec(StrictModel):
@@ -436,6 +472,74 @@ class UMBCSpec(StrictModel):
         return self
 
 
+JET_PAIR_FEATURES = ("ln_delta", "ln_kt", "ln_z", "ln_m2")
+POINT_PAIR_FEATURES = ("distance", "displacement")
+
+
+class JetPairwiseSpec(StrictModel):
+    """Particle Transformer interaction features of each pair of particles (Qu et al. 2022).
+
+    pT, rapidity and phi are read back from the named MODEL features by inverting their
+    ops (log, log1p, standardize; center and wrapping leave differences unchanged), so the
+    pairs see the same (augmented) particles as the attention does.
+    """
+
+    kind: Literal["jet"] = Field(description="ln Delta, ln kT, ln z, ln m^2 of particle pairs.")
+    pt: str = Field(description="Model feature carrying pT (ops: log, log1p, standardize).")
+    rapidity: str = Field(description="Model feature carrying rapidity (ops: center, standardize).")
+    phi: str = Field(description="Model feature carrying phi (ops: center, standardize).")
+    mass: str | None = Field(
+        default=None,
+        description="Model feature carrying the particle mass; none = massless particles "
+        "(m^2 = 2 pT_a pT_b (cosh dy - cos dphi)).",
+    )
+    features: list[Literal["ln_delta", "ln_kt", "ln_z", "ln_m2"]] = Field(
+        default=list(JET_PAIR_FEATURES), min_length=1, description="The pair features used."
+    )
+    embed: list[PositiveInt] = Field(
+        default=[64, 64], description="Hidden widths of the pointwise pair MLP (-> one per head)."
+    )
+    max_set_size: PositiveInt = Field(
+        default=256,
+        description="Largest set accepted: pair features and biases hold O(n^2) numbers per set "
+        "(heads x n x n).",
+    )
+
+    @property
+    def named(self) -> dict[str, str]:
+        """role -> model feature name."""
+        roles = {"pt": self.pt, "rapidity": self.rapidity, "phi": self.phi}
+        return roles | ({"mass": self.mass} if self.mass else {})
+
+
+class PointPairwiseSpec(StrictModel):
+    """Geometry of each pair of points: distance and displacement x_b - x_a."""
+
+    kind: Literal["points"] = Field(description="Distance and displacement of point pairs.")
+    coordinates: list[str] = Field(
+        min_length=1,
+        description="Model features carrying the coordinates (ops: center, standardize).",
+    )
+    features: list[Literal["distance", "displacement"]] = Field(
+        default=list(POINT_PAIR_FEATURES), min_length=1, description="The pair features used."
+    )
+    embed: list[PositiveInt] = Field(
+        default=[64, 64], description="Hidden widths of the pointwise pair MLP (-> one per head)."
+    )
+    max_set_size: PositiveInt = Field(
+        default=256,
+        description="Largest set accepted: pair features and biases hold O(n^2) numbers per set.",
+    )
+
+    @property
+    def named(self) -> dict[str, str]:
+        """role -> model feature name."""
+        return {f"coordinate{i}": name for i, name in enumerate(self.coordinates)}
+
+
+PairwiseSpec = Annotated[JetPairwiseSpec | PointPairwiseSpec, Field(discriminator="kind")]
+
+
 class SetTransformerSpec(StrictModel):
     """Set Transformer (Lee et al. 2019) on the padded view; not mini-batch consistent."""
 
@@ -447,11 +551,22 @@ class SetTransformerSpec(StrictModel):
         default=None, description="Use ISAB with this many inducing points (large sets)."
     )
     pma_seeds: PositiveInt = Field(default=1, description="PMA seed vectors.")
+    pairwise: PairwiseSpec | None = Field(
+        default=None,
+        description="Pair features embedded to one bias per head and added to the attention "
+        "logits of every SAB block (SAB only: ISAB has no element-to-element attention).",
+    )
 
     @model_validator(mode="after")
     def _dim_divides(self) -> SetTransformerSpec:
         if self.dim % self.heads:
             raise ValueError(_dim_heads_message(self.dim, self.heads))
+        if self.pairwise is not None and self.inducing_points is not None:
+            raise ValueError(
+                "pairwise biases element-to-element attention, and ISAB (inducing_points) has "
+                "none: its elements attend to the inducing points only; remove inducing_points "
+                "or pairwise"
+            )
         return self
 
 
@@ -463,14 +578,10 @@ EncoderSpec = Annotated[
 
 Task = Literal["classify", "regress", "rank"]
 
-PRETRAIN_TASK = "pretrain_masked"
-"""Masked set modeling (setpipe/models/masked.py): no label; the targets are the elements."""
-
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classify": ("loss", "accuracy", "auc", "rej30", "rej50"),
     "regress": ("loss", "rmse"),
     "rank": ("loss", "ndcg", "mrr"),
-    "pretrain_masked": ("loss", "masked_mse"),
 }
 """What each task's evaluation reports per split, as ``<split>_<name>`` (val_auc, test_rmse):
 the metrics code computes exactly these, and a monitored metric must be one of them.
@@ -485,54 +596,13 @@ def validation_metrics(task: str) -> tuple[str, ...]:
 class HeadSpec(StrictModel):
     hidden: list[PositiveInt] = Field(default=[64], description="Hidden widths of the task head.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout in the head.")
-    context: Literal["pooled", "slots"] = Field(
-        default="pooled",
-        description="Rank: what each element is scored against. pooled: the set embedding; "
-        "slots: its own multi-head cross-attention read-out of the set's finalized slots "
-        "(umbc: the K slots and the slot head's outputs; set_transformer: its PMA outputs; "
-        "deepsets: the embedding as one slot, which adds nothing). Still two passes over "
-        "chunks, constant memory in the list length.",
-    )
-    context_heads: PositiveInt = Field(
-        default=4, description="Rank with context slots: attention heads of the read-out."
-    )
-
-
-class PretrainSpec(StrictModel):
-    """``model.pretrain``: masked set modeling (Golling et al., "Masked Particle Modeling on
-    Sets"). A random fraction of each set's elements is replaced by a learned mask token and
-    the model predicts their (transformed, model) features from the rest; no label is read."""
-
-    mask_fraction: float = Field(
-        default=0.3,  # MPM masks 30% of a jet's particles
-        gt=0.0,
-        lt=1.0,
-        description="Fraction of each set's elements masked, drawn afresh per set and step: "
-        "round(fraction * n) elements, at least 1 and at most n - 1 (a set of one element is "
-        "left unmasked and adds nothing to the loss).",
-    )
-    visible_features: list[str] = Field(
-        default=[],
-        description="Model features a masked element keeps (the others are replaced by the mask "
-        "token and predicted), e.g. a pT fraction that tells masked elements apart. Empty: every "
-        "feature is masked, the masked elements of a set look alike and the best prediction is "
-        "the mean of what was masked.",
-    )
-    decoder: list[PositiveInt] = Field(
-        default=[64], description="Hidden widths of the MLP that predicts a masked element."
-    )
 
 
 class ModelSpec(StrictModel):
     encoder: EncoderSpec
     head: HeadSpec = Field(default_factory=HeadSpec, description="The task head.")
-    task: Task | Literal["pretrain_masked"] = Field(
+    task: Task = Field(
         description="classify (set label, num_classes), regress (set value), or rank elements."
-    )
-    pretrain: PretrainSpec | None = Field(
-        default=None,
-        description="Task pretrain_masked: the masking (default mask_fraction 0.3) and the "
-        "decoder.",
     )
     num_classes: int | None = Field(default=None, ge=2, description="Classes, for classify.")
     background_class: int | None = Field(
@@ -542,15 +612,6 @@ class ModelSpec(StrictModel):
         "measured against, each other class being a signal (default: 0 when binary; needed "
         "for rejection with 3 or more classes).",
     )
-
-    @model_validator(mode="after")
-    def _slots_for_rank(self) -> ModelSpec:
-        if self.head.context == "slots" and self.task != "rank":
-            raise ValueError(
-                f"model.head.context: slots is for task rank (elements read their set's "
-                f"slots), not {self.task}; remove it or use task rank"
-            )
-        return self
 
     @model_validator(mode="after")
     def _classes_for_classify(self) -> ModelSpec:
@@ -769,7 +830,6 @@ TASK_DEFAULT_METRIC = {
     "classify": ("val_auc", "maximize"),
     "regress": ("val_rmse", "minimize"),
     "rank": ("val_ndcg", "maximize"),
-    "pretrain_masked": ("val_loss", "minimize"),
 }
 
 
@@ -789,46 +849,6 @@ class JobSpec(StrictModel):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Ray cluster.")
 
     @model_validator(mode="after")
-    def _pretrain_fits_job(self) -> JobSpec:
-        """Task pretrain_masked: no labels, an encoder with per-element context, no estimator."""
-        model, data = self.model, self.data
-        if model.task != PRETRAIN_TASK:
-            if model.pretrain is not None:
-                raise ValueError(
-                    f"model.pretrain is only for task {PRETRAIN_TASK}, not {model.task}; remove it"
-                )
-            return self
-        for field in ("label", "element_label"):
-            if getattr(data, field) is not None:
-                raise ValueError(
-                    f"task {PRETRAIN_TASK} reads no labels (its targets are the masked "
-                    f"elements' own features): remove data.{field}"
-                )
-        if model.encoder.kind == "deepsets":
-            raise ValueError(
-                f"task {PRETRAIN_TASK} needs an encoder that gives each element a context: umbc "
-                "(slots) or set_transformer (attention); deepsets pools the set to one vector"
-            )
-        if self.train.grad_element_budget is not None:
-            raise ValueError(
-                f"train.grad_element_budget is not available for task {PRETRAIN_TASK}; remove it"
-            )
-        names = data.feature_names
-        visible = (model.pretrain or PretrainSpec()).visible_features
-        unknown = [f for f in visible if f not in names]
-        if unknown:
-            raise ValueError(
-                f"model.pretrain.visible_features: {', '.join(unknown)} is not a model feature; "
-                f"expected some of {', '.join(names)}"
-            )
-        if set(names) <= set(visible):
-            raise ValueError(
-                "model.pretrain.visible_features keeps every feature visible, so nothing is "
-                "predicted: keep at most all but one"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _labels_fit_task(self) -> JobSpec:
         task, data = self.model.task, self.data
         if task == "rank":
@@ -842,7 +862,7 @@ class JobSpec(StrictModel):
                     "data.element_label"
                 )
         else:
-            if data.label is None and task != PRETRAIN_TASK:
+            if data.label is None:
                 raise ValueError(f"task {task} needs data.label (a set-level label column)")
             if data.element_label is not None:
                 raise ValueError(f"data.element_label is only for task rank, not {task}; remove it")
@@ -857,6 +877,52 @@ class JobSpec(StrictModel):
         if self.train.use_gpu is False and self.train.resources_per_worker.get("GPU", 0) > 0:
             raise ValueError("train.resources_per_worker asks for GPU but train.use_gpu is false")
         return self
+
+    @model_validator(mode="after")
+    def _encoder_fits_data(self) -> JobSpec:
+        enc = self.model.encoder
+        lcm = isinstance(enc, DeepSetsSpec) and enc.pooling == "lcm"
+        if lcm and self.train.grad_element_budget is not None:
+            raise ValueError(
+                "train.grad_element_budget: the n/M gradient estimator is unbiased for pooled "
+                "sums, and pooling lcm is a learned, non-linear tree; remove "
+                "train.grad_element_budget or use pooling sum/mean/max"
+            )
+        if isinstance(enc, SetTransformerSpec) and enc.pairwise is not None:
+            _pairwise_fits_features(enc.pairwise, self.data)
+        return self
+
+    def _heads_fit_data(self) -> None:
+        """model.heads: the targets are the heads' own (data.label and data.element_label
+        are not used), each a column that is not an element column, the key or an input."""
+        data, heads = self.data, self.model.heads or []
+        for field in ("label", "element_label"):
+            if getattr(data, field) is not None:
+                raise ValueError(
+                    f"data.{field}: with model.heads each head names its target column; remove "
+                    f"data.{field} and set it as a head's target (model.heads[i].target)"
+                )
+        from_elements = set(
+            data.elements.columns
+            if isinstance(data.elements, ParallelLists)
+            else [data.elements.column]
+        )
+        inputs = {"data.context": set(data.context), "data.key": {data.key} - {None}}
+        for i, head in enumerate(heads):
+            where = f"model.heads[{i}] ({head.name}): target {head.target!r}"
+            if head.task != "rank" and head.target in from_elements:
+                raise ValueError(
+                    f"{where} is an element column; a {head.task} head needs a set-level column "
+                    "(one number per row)"
+                )
+            for field, columns in inputs.items():
+                if head.target in columns:
+                    raise ValueError(
+                        f"{where} is in {field}: the model would see what it must predict; "
+                        f"remove it from {field} or choose another target"
+                    )
+        # A private attribute: not a job field, not validated on assignment, not dumped.
+        data._head_targets = [(h.target, h.task) for h in heads]
 
     @model_validator(mode="after")
     def _metrics_reported_by_task(self) -> JobSpec:
@@ -911,6 +977,41 @@ class JobSpec(StrictModel):
         """(metric, direction) the registry gate compares."""
         metric, direction = TASK_DEFAULT_METRIC[self.model.task]
         return self.tracking.metric or metric, self.tracking.direction or direction  # type: ignore[return-value]
+
+
+PAIRWISE_OPS = {
+    "pt": ("log", "log1p", "standardize"),
+    "mass": ("log", "log1p", "standardize"),
+    "rapidity": ("center", "standardize"),
+    "phi": ("center", "standardize"),
+    "coordinate": ("center", "standardize"),
+}
+"""Ops the pair features can see through: pT and mass are read back exactly (exp, affine);
+angles and coordinates up to a per-set shift (center), which differences cancel."""
+
+
+def _pairwise_fits_features(pairwise: JetPairwiseSpec | PointPairwiseSpec, data: DataSpec) -> None:
+    """Each named feature is a model feature whose ops the pair features can invert."""
+    where = "model.encoder.pairwise"
+    by_name = {f.name: f for f in data.features or []}
+    names = data.feature_names
+    for role, name in pairwise.named.items():
+        if name not in names:
+            raise ValueError(
+                f"{where}: {role} {name!r} is not a model feature; expected one of {names}"
+            )
+        allowed = PAIRWISE_OPS[role.rstrip("0123456789")]
+        feature = by_name.get(name)
+        if feature is None:
+            continue  # a raw element feature, passed through unchanged
+        bad = [op.op for op in feature.ops if op.op not in allowed]
+        if bad:
+            raise ValueError(
+                f"{where}: {role} {name!r} goes through {', '.join(bad)}, which the pair features "
+                f"cannot undo; they need the raw {role} and can undo only {', '.join(allowed)}: "
+                f"declare another model feature from {feature.source!r} with those ops and name "
+                "it here"
+            )
 
 
 def _minimized_rejection(where: tuple[str, ...], metric: str) -> InitErrorDetails:
