@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from setpipe.data.transforms import FittedTransforms
 from setpipe.errors import ModelError
 from setpipe.models.deepsets import DeepSets
 from setpipe.models.heads import ClassifyHead, RankHead, RegressHead
+from setpipe.models.masked import build_masked_model
 from setpipe.models.pairwise import PairwiseEmbedding
 from setpipe.models.set_model import SetModel
 from setpipe.models.set_transformer import SetTransformerEncoder
+from setpipe.models.slot_context import SlotStates, slot_layout
 from setpipe.models.umbc import UMBC
 from setpipe.spec.models import DeepSetsSpec, ModelSpec, UMBCSpec
 
@@ -19,14 +23,17 @@ def build_model(
     spec: ModelSpec,
     num_features: int,
     num_context: int = 0,
+    feature_names: Sequence[str] | None = None,
     transforms: FittedTransforms | None = None,
 ) -> SetModel:
     """The model a job describes, for ``num_features`` element and ``num_context`` set features.
 
     The context joins the encoder's output (DeepSets: before rho) so every head sees it.
-    ``transforms`` (fitted) let ``model.encoder.pairwise`` read raw kinematics back from
-    the model features; a pairwise model built without them loads weights but refuses
-    to run.
+    ``feature_names`` (the model features, in order) place ``model.pretrain.visible_features``
+    for task pretrain_masked; without them every feature is predicted (until the saved
+    weights are loaded: they carry which features were). ``transforms`` (fitted) let
+    ``model.encoder.pairwise`` read raw kinematics back from the model features; a
+    pairwise model built without them loads weights but refuses to run.
     """
     if num_features < 1:
         raise ModelError(
@@ -78,6 +85,8 @@ def build_model(
             else PairwiseEmbedding(enc.pairwise, transforms, enc.heads),
         )
     out_dim: int = encoder.out_dim  # type: ignore[assignment]
+    if spec.task == "pretrain_masked":
+        return build_masked_model(encoder, num_features, spec.pretrain, feature_names)
     hidden, dropout = spec.head.hidden, spec.head.dropout
     task_head: nn.Module
     if spec.task == "classify":
@@ -85,6 +94,18 @@ def build_model(
         task_head = ClassifyHead(out_dim, hidden, spec.num_classes, dropout)
     elif spec.task == "regress":
         task_head = RegressHead(out_dim, hidden, dropout)
+    elif spec.head.context == "slots":
+        # Each element attends to its set's slots: UMBC's finalize gives them (SlotStates).
+        if isinstance(encoder, UMBC):
+            encoder = SlotStates(encoder)
+        task_head = RankHead(
+            num_features,
+            encoder.out_dim,  # type: ignore[arg-type]
+            hidden,
+            dropout,
+            slots=slot_layout(encoder),
+            heads=spec.head.context_heads,
+        )
     else:
         task_head = RankHead(num_features, out_dim, hidden, dropout)
     return SetModel(encoder, task_head, spec.task)

@@ -578,10 +578,14 @@ EncoderSpec = Annotated[
 
 Task = Literal["classify", "regress", "rank"]
 
+PRETRAIN_TASK = "pretrain_masked"
+"""Masked set modeling (setpipe/models/masked.py): no label; the targets are the elements."""
+
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classify": ("loss", "accuracy", "auc", "rej30", "rej50"),
     "regress": ("loss", "rmse"),
     "rank": ("loss", "ndcg", "mrr"),
+    "pretrain_masked": ("loss", "masked_mse"),
 }
 """What each task's evaluation reports per split, as ``<split>_<name>`` (val_auc, test_rmse):
 the metrics code computes exactly these, and a monitored metric must be one of them.
@@ -596,13 +600,54 @@ def validation_metrics(task: str) -> tuple[str, ...]:
 class HeadSpec(StrictModel):
     hidden: list[PositiveInt] = Field(default=[64], description="Hidden widths of the task head.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout in the head.")
+    context: Literal["pooled", "slots"] = Field(
+        default="pooled",
+        description="Rank: what each element is scored against. pooled: the set embedding; "
+        "slots: its own multi-head cross-attention read-out of the set's finalized slots "
+        "(umbc: the K slots and the slot head's outputs; set_transformer: its PMA outputs; "
+        "deepsets: the embedding as one slot, which adds nothing). Still two passes over "
+        "chunks, constant memory in the list length.",
+    )
+    context_heads: PositiveInt = Field(
+        default=4, description="Rank with context slots: attention heads of the read-out."
+    )
+
+
+class PretrainSpec(StrictModel):
+    """``model.pretrain``: masked set modeling (Golling et al., "Masked Particle Modeling on
+    Sets"). A random fraction of each set's elements is replaced by a learned mask token and
+    the model predicts their (transformed, model) features from the rest; no label is read."""
+
+    mask_fraction: float = Field(
+        default=0.3,  # MPM masks 30% of a jet's particles
+        gt=0.0,
+        lt=1.0,
+        description="Fraction of each set's elements masked, drawn afresh per set and step: "
+        "round(fraction * n) elements, at least 1 and at most n - 1 (a set of one element is "
+        "left unmasked and adds nothing to the loss).",
+    )
+    visible_features: list[str] = Field(
+        default=[],
+        description="Model features a masked element keeps (the others are replaced by the mask "
+        "token and predicted), e.g. a pT fraction that tells masked elements apart. Empty: every "
+        "feature is masked, the masked elements of a set look alike and the best prediction is "
+        "the mean of what was masked.",
+    )
+    decoder: list[PositiveInt] = Field(
+        default=[64], description="Hidden widths of the MLP that predicts a masked element."
+    )
 
 
 class ModelSpec(StrictModel):
     encoder: EncoderSpec
     head: HeadSpec = Field(default_factory=HeadSpec, description="The task head.")
-    task: Task = Field(
+    task: Task | Literal["pretrain_masked"] = Field(
         description="classify (set label, num_classes), regress (set value), or rank elements."
+    )
+    pretrain: PretrainSpec | None = Field(
+        default=None,
+        description="Task pretrain_masked: the masking (default mask_fraction 0.3) and the "
+        "decoder.",
     )
     num_classes: int | None = Field(default=None, ge=2, description="Classes, for classify.")
     background_class: int | None = Field(
@@ -612,6 +657,15 @@ class ModelSpec(StrictModel):
         "measured against, each other class being a signal (default: 0 when binary; needed "
         "for rejection with 3 or more classes).",
     )
+
+    @model_validator(mode="after")
+    def _slots_for_rank(self) -> ModelSpec:
+        if self.head.context == "slots" and self.task != "rank":
+            raise ValueError(
+                f"model.head.context: slots is for task rank (elements read their set's "
+                f"slots), not {self.task}; remove it or use task rank"
+            )
+        return self
 
     @model_validator(mode="after")
     def _classes_for_classify(self) -> ModelSpec:
@@ -830,6 +884,7 @@ TASK_DEFAULT_METRIC = {
     "classify": ("val_auc", "maximize"),
     "regress": ("val_rmse", "minimize"),
     "rank": ("val_ndcg", "maximize"),
+    "pretrain_masked": ("val_loss", "minimize"),
 }
 
 
@@ -849,6 +904,46 @@ class JobSpec(StrictModel):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Ray cluster.")
 
     @model_validator(mode="after")
+    def _pretrain_fits_job(self) -> JobSpec:
+        """Task pretrain_masked: no labels, an encoder with per-element context, no estimator."""
+        model, data = self.model, self.data
+        if model.task != PRETRAIN_TASK:
+            if model.pretrain is not None:
+                raise ValueError(
+                    f"model.pretrain is only for task {PRETRAIN_TASK}, not {model.task}; remove it"
+                )
+            return self
+        for field in ("label", "element_label"):
+            if getattr(data, field) is not None:
+                raise ValueError(
+                    f"task {PRETRAIN_TASK} reads no labels (its targets are the masked "
+                    f"elements' own features): remove data.{field}"
+                )
+        if model.encoder.kind == "deepsets":
+            raise ValueError(
+                f"task {PRETRAIN_TASK} needs an encoder that gives each element a context: umbc "
+                "(slots) or set_transformer (attention); deepsets pools the set to one vector"
+            )
+        if self.train.grad_element_budget is not None:
+            raise ValueError(
+                f"train.grad_element_budget is not available for task {PRETRAIN_TASK}; remove it"
+            )
+        names = data.feature_names
+        visible = (model.pretrain or PretrainSpec()).visible_features
+        unknown = [f for f in visible if f not in names]
+        if unknown:
+            raise ValueError(
+                f"model.pretrain.visible_features: {', '.join(unknown)} is not a model feature; "
+                f"expected some of {', '.join(names)}"
+            )
+        if set(names) <= set(visible):
+            raise ValueError(
+                "model.pretrain.visible_features keeps every feature visible, so nothing is "
+                "predicted: keep at most all but one"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _labels_fit_task(self) -> JobSpec:
         task, data = self.model.task, self.data
         if task == "rank":
@@ -862,7 +957,7 @@ class JobSpec(StrictModel):
                     "data.element_label"
                 )
         else:
-            if data.label is None:
+            if data.label is None and task != PRETRAIN_TASK:
                 raise ValueError(f"task {task} needs data.label (a set-level label column)")
             if data.element_label is not None:
                 raise ValueError(f"data.element_label is only for task rank, not {task}; remove it")

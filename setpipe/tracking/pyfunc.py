@@ -70,6 +70,8 @@ def task_outputs(task: str, out: torch.Tensor, offsets: torch.Tensor) -> list[di
             {"probabilities": p, "label": int(c)}
             for p, c in zip(probabilities.tolist(), labels, strict=True)
         ]
+    if task == "pretrain_masked":  # a pretrained encoder serves its set embedding
+        return [{"embedding": e} for e in out.double().tolist()]
     if task == "regress":
         return [{"value": float(v)} for v in out.double().reshape(-1).tolist()]
     scores = out.double().reshape(-1).tolist()
@@ -169,7 +171,10 @@ class LoadedSetModel:
         batch = self.transforms.apply(raw)
         device = next(self.model.parameters()).device
         with torch.inference_mode():
-            out = self.model.predict_chunked(batch.to(device), self.job.train.chunk_size)
+            # A pretraining model's own outputs are reconstruction errors: serve the embedding.
+            embed = self.job.model.task == "pretrain_masked"
+            run = self.model.embed_chunked if embed else self.model.predict_chunked
+            out = run(batch.to(device), self.job.train.chunk_size)
         outputs = task_outputs(self.job.model.task, out.cpu(), batch.offsets.cpu())
         bad = [] if allow_non_finite else non_finite_sets(outputs)
         if bad:
