@@ -363,6 +363,9 @@ class Evaluation:
         self.sets = 0
         self.skipped_rows = 0
         """Bad rows the reader dropped from this split (``on_bad_row: skip``)."""
+        self.extra: dict[str, float] = {}
+        """Figures computed beside the outputs, already over all ranks (the LCM partition
+        error); reported by ``counts`` as ``<prefix>_<name>``."""
         self.non_finite_sets = 0
         """Sets whose output held a NaN or an infinity."""
         self.parts: list[np.ndarray] = []
@@ -446,8 +449,10 @@ class Evaluation:
         return out
 
     def counts(self, prefix: str) -> dict[str, float]:
-        """``<prefix>_skipped_rows``: the bad rows the reader dropped from this split."""
-        return {f"{prefix}_skipped_rows": float(self.skipped_rows)}
+        """``<prefix>_skipped_rows``: the bad rows the reader dropped from this split; and
+        ``<prefix>_<name>`` for each figure in ``extra``."""
+        extra = {f"{prefix}_{name}": value for name, value in self.extra.items()}
+        return {f"{prefix}_skipped_rows": float(self.skipped_rows)} | extra
 
     def _scores(self, parts: np.ndarray) -> dict[str, float]:
         if self.task == "classify":

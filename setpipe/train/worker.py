@@ -81,6 +81,7 @@ def build_worker(job: JobSpec, transforms: dict[str, Any], total_steps: int) -> 
         num_features=len(job.data.feature_names),
         num_context=len(job.data.context),
         feature_names=job.data.feature_names,
+        transforms=FittedTransforms.from_dict(transforms),
     ).to(device)
     # DDP runs SetModel.forward, which reaches the gradient estimator too (grad_budget=...),
     # so every step goes through DDP's own forward and its gradient hooks.
@@ -116,6 +117,10 @@ def train_step(worker: Worker, batch: SetBatch) -> torch.Tensor:
             batch, grad_budget=budget, chunk_size=spec.chunk_size, generator=worker.generator
         )
     loss = task_loss(job.model.task, outputs, batch)
+    # Regularisers the encoder added in this forward (pooling lcm: associativity).
+    take_aux = getattr(getattr(worker.model, "encoder", None), "take_aux_loss", None)
+    aux = take_aux() if take_aux is not None else None
+    loss = loss if aux is None else loss + aux
     worker.optimizer.zero_grad(set_to_none=True)
     worker.scaler.scale(loss).backward()
     if spec.grad_clip is not None:
@@ -138,6 +143,11 @@ def evaluate(worker: Worker, split: str) -> Evaluation:
     )
     reading = BatchStats()
     worker.model.eval()
+    # pooling lcm: how far chunking moves the pooled vector (the operator is learned, so
+    # chunked and whole sets agree only as far as it is associative).
+    encoder = getattr(worker.model, "encoder", None)
+    partition = encoder.partition_error if getattr(encoder, "logs_partition_error", False) else None
+    partition_sum, partition_sets = 0.0, 0
     with torch.no_grad():
         batches = iter_set_batches(shard, job.data, worker.transforms, shuffle=False, stats=reading)
         for batch in batches:
@@ -147,9 +157,17 @@ def evaluate(worker: Worker, split: str) -> Evaluation:
                 outputs = worker.model.predict_chunked(batch, job.train.chunk_size)
             loss = task_loss(job.model.task, outputs, batch)
             evaluation.add(outputs, batch, float(loss))
+            if partition is not None:
+                errors = partition(batch)
+                partition_sum += float(errors.double().sum())
+                partition_sets += errors.numel()
     worker.model.train()
     evaluation.skipped_rows = reading.skipped_rows
     evaluation.gather()
+    if partition is not None:
+        partition_sum, partition_sets = worker.sum_across([partition_sum, partition_sets])
+        mean = partition_sum / partition_sets if partition_sets else math.nan
+        evaluation.extra["lcm_partition_error"] = mean
     if evaluation.non_finite_sets:
         # Every rank holds the gathered count, so every rank stops here alike.
         raise TrainError(
