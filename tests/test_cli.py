@@ -66,7 +66,14 @@ def test_version() -> None:
 
 
 def test_example_jobs_are_all_there() -> None:
-    assert [p.stem for p in JOBS] == ["digits", "passages", "qg_jets", "quickstart"]
+    assert [p.stem for p in JOBS] == [
+        "digits",
+        "passages",
+        "qg_jets",
+        "qg_lcm",
+        "qg_part",
+        "quickstart",
+    ]
 
 
 @pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
