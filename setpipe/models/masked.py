@@ -12,14 +12,17 @@ the mask token, the decoder and the buffer of predicted features live under othe
 Backbones:
 
 - Set Transformer: the masked set goes through the SAB/ISAB blocks (every element, mask
-  tokens included, attends to the whole set); each masked element's block output goes
-  through the decoder MLP. Whole sets, as the encoder itself.
+  tokens included, attends to the whole set); the decoder MLP reads each masked element's
+  block output beside its set's PMA output (so every encoder parameter learns). Whole
+  sets, as the encoder itself.
 - UMBC (mini-batch consistent): pass 1 folds the masked set's chunks into the slot state
-  and finalizes the K slots [B, K, D]; pass 2 runs over the chunks again and predicts each
-  masked element from its own masked input (mask token and visible features) and a
-  cross-attention from it to its set's slots (``SlotCrossAttention``). Memory is one chunk
-  plus the slots whatever the set size, and the loss does not depend on the partition
-  into chunks (the slots are MBC, pass 2 is row-wise).
+  and finalizes its slots (``UMBC.slot_states``: the K slots after the slot head's SAB
+  blocks, then its PMA outputs, so the slot head learns too); pass 2 runs over the chunks
+  again and predicts each masked element from its own masked input (mask token and
+  visible features) and its cross-attention to its set's slots (``SlotAttention`` of
+  setpipe/models/slot_context.py, the re-ranking head's). Memory is one chunk plus the
+  slots whatever the set size, and the loss does not depend on the partition into chunks
+  (the slots are MBC, pass 2 is row-wise).
 
 A masked element's own replaced features reach nothing: they are overwritten before the
 first layer (tests/models/test_masked.py changes them and checks the predictions are
@@ -36,7 +39,6 @@ the unmasked set: what a pretrained encoder offers downstream.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -47,6 +49,7 @@ from setpipe.errors import ModelError
 from setpipe.models.protocol import mlp, state_dtype
 from setpipe.models.set_model import SetModel
 from setpipe.models.set_transformer import SetTransformerEncoder
+from setpipe.models.slot_context import SlotAttention
 from setpipe.models.umbc import UMBC
 from setpipe.spec.models import PretrainSpec
 
@@ -76,35 +79,6 @@ def draw_mask(
     return mask.to(offsets.device)
 
 
-class SlotCrossAttention(nn.Module):
-    """Each element (query) attends to its own set's slots [B, K, D] (keys, values): [e, dim].
-
-    Softmax over the K slots of the element's set only; row-wise in the elements, so it runs
-    chunk by chunk once the slots are final.
-    """
-
-    def __init__(self, in_dim: int, slot_dim: int, dim: int, heads: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ModelError(f"SlotCrossAttention: dim {dim} is not a multiple of heads {heads}")
-        self.heads, self.head_dim = heads, dim // heads
-        self.q = nn.Linear(in_dim, dim)
-        self.k = nn.Linear(slot_dim, dim)
-        self.v = nn.Linear(slot_dim, dim)
-
-    def forward(
-        self, x: torch.Tensor, set_index: torch.Tensor, slots: torch.Tensor
-    ) -> torch.Tensor:
-        """x [e, in_dim], set_index [e], slots [B, K, slot_dim] -> [e, dim]."""
-        e, (b, k, _) = x.shape[0], slots.shape
-        h, d = self.heads, self.head_dim
-        q = self.q(x).view(e, h, d)
-        keys = self.k(slots).view(b, k, h, d)[set_index]  # [e, K, H, d]
-        vals = self.v(slots).view(b, k, h, d)[set_index]
-        att = torch.einsum("ehd,ekhd->ehk", q, keys).div(math.sqrt(d)).softmax(-1)
-        return torch.einsum("ehk,ekhd->ehd", att, vals).reshape(e, h * d)
-
-
 class MaskedSetModel(SetModel):
     """An encoder (UMBC or Set Transformer) with a mask token and a masked-element decoder."""
 
@@ -127,14 +101,14 @@ class MaskedSetModel(SetModel):
         hidden = list(decoder)
         if isinstance(encoder, UMBC):
             dim = encoder.dim
-            self.context_attention: nn.Module | None = SlotCrossAttention(
+            self.context_attention: nn.Module | None = SlotAttention(
                 num_features, dim, dim, encoder.heads
             )
             self.query = mlp([num_features, dim])
             self.decoder = mlp([2 * dim, *hidden, num_features], activate_last=False)
         elif isinstance(encoder, SetTransformerEncoder):
             self.context_attention = None
-            width = encoder.net.pma.mab.fc_q.in_features
+            width = encoder.net.pma.mab.fc_q.in_features + encoder.net.out_dim
             self.decoder = mlp([width, *hidden, num_features], activate_last=False)
         else:
             raise ModelError(
@@ -168,14 +142,16 @@ class MaskedSetModel(SetModel):
             h = net.input(x)
             for block in net.blocks:
                 h = block(h, pad)
-            return self.decoder(h[pad][mask])  # type: ignore[no-any-return]
+            pooled = net.pma(h, pad).flatten(1)  # [B, seeds * dim]: PMA learns too
+            owner = batch.set_index()[mask]
+            return self.decoder(torch.cat([h[pad][mask], pooled[owner]], 1))  # type: ignore[no-any-return]
         enc: UMBC = self.encoder  # type: ignore[assignment]
         step = chunk_size or max(batch.num_elements, 1)
         masked_batch = SetBatch(inputs, batch.offsets)
         state = enc.init_state(batch.num_sets, inputs.device, state_dtype(inputs.dtype), generator)
         for _, _, values, set_index in chunk_ranges(masked_batch, step):
             state = enc.update(state, values, set_index)
-        slots = enc.slot_outputs(state).to(inputs.dtype)  # [B, K, D]
+        slots = enc.slot_states(state).to(inputs.dtype)  # [B, K + seeds, D]
         parts = []
         for start, stop, values, set_index in chunk_ranges(masked_batch, step):
             keep = mask[start:stop]
