@@ -24,6 +24,7 @@ COMMANDS = (
     "run",
     "serve",
     "predict",
+    "export",
     "submit",
     "jobs",
     "schedule",

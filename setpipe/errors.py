@@ -36,6 +36,10 @@ class ServeError(SetpipeError):
     """A serving request or deployment is invalid."""
 
 
+class ExportError(SetpipeError):
+    """A model cannot be exported, or its export does not match the PyTorch model."""
+
+
 class JobError(SetpipeError):
     """A Ray job submission, lookup or schedule failed."""
 

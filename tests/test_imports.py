@@ -21,6 +21,7 @@ LAYERS = [
     ("setpipe.models",),
     ("setpipe.train",),
     ("setpipe.tracking",),
+    ("setpipe.export",),
     ("setpipe.pipeline", "setpipe.attempts"),
     ("setpipe.serve",),
     ("setpipe.jobs",),

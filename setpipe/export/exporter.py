@@ -1,0 +1,215 @@
+"""Write a SetModel's graphs to files: ONNX (torch.onnx, dynamo) or torch.export (.pt2).
+
+Both formats come from one ``torch.export`` trace of the graphs in ``graphs.py`` with
+symbolic sizes: ``elements`` (E, or e in a chunk) and ``sets`` (B; offsets have B+1).
+The example inputs have 7 elements in 3 sets, none of size 0 or 1, so no size is
+specialised to a constant (torch.export fixes sizes it sees as 0 or 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx.experimental._config as torch_config
+from torch import nn
+from torch.export import Dim
+
+from setpipe.errors import ExportError, ModelError
+from setpipe.export.graphs import (
+    FinalizeGraph,
+    ScoreGraph,
+    UpdateGraph,
+    WholeGraph,
+    init_state,
+    state_spec,
+)
+from setpipe.models.set_model import SetModel
+
+FORMATS = ("onnx", "torch-export")
+SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2"}
+
+
+@dataclass
+class GraphFile:
+    """One exported graph: its file and its inputs and outputs (name, dtype, shape)."""
+
+    name: str
+    file: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+
+
+def _io(name: str, dtype: str, shape: list[str | int]) -> dict[str, Any]:
+    return {"name": name, "dtype": dtype, "shape": shape}
+
+
+def _output_io(task: str, name: str, num_out: int | None, sets: str = "sets") -> dict[str, Any]:
+    if task == "classify":
+        return _io(name, "float32", [sets, num_out or 0])
+    if task == "regress":
+        return _io(name, "float32", [sets])
+    return _io(name, "float32", ["elements"])
+
+
+def _export(
+    module: nn.Module,
+    args: tuple[Any, ...],
+    dynamic: tuple[Any, ...],
+    path: Path,
+    fmt: str,
+    input_names: list[str],
+    output_names: list[str],
+) -> None:
+    # Sizes seen as 1 in the trace would otherwise be guarded (a [B, 1] context's layout
+    # check fixes B != 1): treat every symbolic size as possibly anything.
+    with torch_config.patch(backed_size_oblivious=True):
+        _trace(module, args, dynamic, path, fmt, input_names, output_names)
+
+
+def _trace(
+    module: nn.Module,
+    args: tuple[Any, ...],
+    dynamic: tuple[Any, ...],
+    path: Path,
+    fmt: str,
+    input_names: list[str],
+    output_names: list[str],
+) -> None:
+    if fmt == "torch-export":
+        program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+        torch.export.save(program, str(path))
+        return
+    # The exporter prints its progress to stdout and logs warnings about optional
+    # torchvision ops; an export is one line of setpipe's, not forty of torch's.
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                input_names=input_names,
+                output_names=output_names,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        quiet.setLevel(level)
+
+
+def export_graphs(
+    model: SetModel, num_features: int, num_context: int, fmt: str, directory: Path
+) -> list[GraphFile]:
+    """Write ``model``'s graphs into ``directory``; MBC encoders get update/finalize too."""
+    if fmt not in FORMATS:
+        raise ModelError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if getattr(model, "tasks", None):
+        raise ExportError(
+            f"the model has several heads ({', '.join(model.tasks)}); export handles one "
+            "head (a single output tensor) so far: export a single-head job's model"
+        )
+    model = model.eval()
+    suffix = SUFFIX[fmt]
+    task = model.task
+    num_out = None
+    if task == "classify":
+        num_out = int(model.head.net[-1].out_features)
+    sets, elements = Dim("sets"), Dim("elements")
+    values = torch.randn(7, num_features, generator=torch.Generator().manual_seed(0))
+    offsets = torch.tensor([0, 2, 5, 7], dtype=torch.int64)
+    set_index = torch.tensor([0, 0, 1, 1, 1, 2, 2], dtype=torch.int64)
+    context = torch.randn(3, num_context) if num_context else None
+    ctx_args: tuple[Any, ...] = (context,) if num_context else ()
+    ctx_dyn: tuple[Any, ...] = ({0: sets},) if num_context else ()
+    ctx_io = [_io("context", "float32", ["sets", num_context])] if num_context else []
+    values_io = _io("values", "float32", ["elements", num_features])
+    files: list[GraphFile] = []
+
+    def add(name, module, args, dynamic, inputs, outputs) -> None:
+        path = directory / f"{name}{suffix}"
+        with torch.no_grad():
+            _export(
+                module,
+                args,
+                dynamic,
+                path,
+                fmt,
+                [i["name"] for i in inputs],
+                [o["name"] for o in outputs],
+            )
+        files.append(GraphFile(name, path.name, inputs, outputs))
+
+    out_name = {"classify": "logits", "regress": "value", "rank": "scores"}[task]
+    add(
+        "whole",
+        WholeGraph(model),
+        (values, offsets, *ctx_args),
+        ({0: elements}, {0: sets + 1}, *ctx_dyn),
+        [values_io, _io("offsets", "int64", ["sets+1"]), *ctx_io],
+        [_output_io(task, out_name, num_out)],
+    )
+    if not model.is_mbc:
+        return files
+    spec = state_spec(model)
+    state = init_state(model, 3)
+    state_in = [
+        _io(f"state.{t.name}", str(t.dtype).removeprefix("torch."), ["sets", *t.shape])
+        for t in spec
+    ]
+    state_out = [dict(s, name=f"{s['name']}.next") for s in state_in]
+    state_dyn = tuple({0: sets} for _ in spec)
+    index_io = _io("set_index", "int64", ["elements"])
+    add(
+        "update",
+        UpdateGraph(model),
+        (values, set_index, state),
+        ({0: elements}, {0: elements}, state_dyn),
+        [values_io, index_io, *state_in],
+        state_out,
+    )
+    embed_dim = int(model.encoder.out_dim)  # type: ignore[arg-type]
+    final_out = (
+        _io("embedding", "float32", ["sets", embed_dim])
+        if task == "rank"
+        else _output_io(task, out_name, num_out)
+    )
+    # A state that has seen the example chunk: finalize is traced on real values.
+    with torch.no_grad():
+        seen = UpdateGraph(model)(values, set_index, state)
+    add(
+        "finalize",
+        FinalizeGraph(model),
+        (seen, *ctx_args),
+        (state_dyn, *ctx_dyn),
+        [*state_in, *ctx_io],
+        [final_out],
+    )
+    if task == "rank":
+        embedding = torch.randn(3, embed_dim)
+        add(
+            "score",
+            ScoreGraph(model),
+            (values, set_index, embedding),
+            ({0: elements}, {0: elements}, {0: sets}),
+            [values_io, index_io, _io("embedding", "float32", ["sets", embed_dim])],
+            [_io("scores", "float32", ["elements"])],
+        )
+    return files
+
+
+__all__ = ["FORMATS", "GraphFile", "export_graphs"]
