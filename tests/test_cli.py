@@ -69,7 +69,6 @@ def test_version() -> None:
 def test_example_jobs_are_all_there() -> None:
     assert [p.stem for p in JOBS] == [
         "digits",
-        "multihead",
         "passages",
         "qg_jets",
         "qg_lcm",
@@ -85,7 +84,7 @@ def test_validate_example_job(path: Path) -> None:
     result = setpipe("validate", relative)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
-        f'{relative}: valid (job "{job.name}", task {job.model.task_names}, '
+        f'{relative}: valid (job "{job.name}", task {job.model.task}, '
         f"encoder {job.model.encoder.kind})\n"
     )
     assert result.stderr == ""
