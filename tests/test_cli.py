@@ -40,7 +40,6 @@ def test_commands_are_pinned() -> None:
         "run",
         "serve",
         "predict",
-        "export",
         "submit",
         "jobs",
         "schedule",
@@ -73,6 +72,7 @@ def test_example_jobs_are_all_there() -> None:
         "qg_jets",
         "qg_lcm",
         "qg_part",
+        "qg_pretrain",
         "quickstart",
     ]
 
