@@ -40,6 +40,7 @@ def test_commands_are_pinned() -> None:
         "run",
         "serve",
         "predict",
+        "export",
         "submit",
         "jobs",
         "schedule",
@@ -68,11 +69,11 @@ def test_version() -> None:
 def test_example_jobs_are_all_there() -> None:
     assert [p.stem for p in JOBS] == [
         "digits",
+        "multihead",
         "passages",
         "qg_jets",
         "qg_lcm",
         "qg_part",
-        "qg_pretrain",
         "quickstart",
     ]
 
@@ -84,7 +85,7 @@ def test_validate_example_job(path: Path) -> None:
     result = setpipe("validate", relative)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
-        f'{relative}: valid (job "{job.name}", task {job.model.task}, '
+        f'{relative}: valid (job "{job.name}", task {job.model.task_names}, '
         f"encoder {job.model.encoder.kind})\n"
     )
     assert result.stderr == ""

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_job(job))
     else:
         print(
-            f'{args.job}: valid (job "{job.name}", task {job.model.task}, '
+            f'{args.job}: valid (job "{job.name}", task {job.model.task_names}, '
             f"encoder {job.model.encoder.kind})"
         )
     return 0

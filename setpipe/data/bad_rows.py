@@ -40,13 +40,29 @@ FIX = "set data.on_bad_row: skip to drop such rows"
 class LabelRule:
     """What a valid label is for the job's task (``model.task``, ``model.num_classes``)."""
 
-    task: Literal["classify", "regress", "rank"]
+    task: Literal["classify", "regress", "rank"] | None
+    """None: several heads (model.heads), each with its own rule in ``classes``."""
     num_classes: int | None = None
     """For classify: a label is a whole number in [0, num_classes)."""
+    classes: tuple[tuple[str, int, str], ...] = ()
+    """Several heads: (target column, num_classes, where it is declared) of each classify head."""
 
     @classmethod
     def of(cls, model: ModelSpec) -> LabelRule:
+        if model.heads is not None:
+            classes = tuple(
+                (h.target, h.num_classes, f"model.heads[{i}].num_classes")
+                for i, h in enumerate(model.heads)
+                if h.task == "classify" and h.num_classes is not None
+            )
+            return cls(None, classes=classes)
         return cls(model.task, model.num_classes)
+
+    def class_columns(self, spec: DataSpec) -> list[tuple[str, int, str]]:
+        """(column, num_classes, where declared) of every class-id column to check."""
+        if self.task == "classify" and self.num_classes is not None and spec.label is not None:
+            return [(spec.label, self.num_classes, "model.num_classes")]
+        return list(self.classes)
 
 
 @dataclass(frozen=True)
@@ -133,7 +149,9 @@ def _scalar_problems(table: pa.Table, name: str) -> list[Problem]:
     return problems
 
 
-def _class_problems(table: pa.Table, name: str, num_classes: int) -> list[Problem]:
+def _class_problems(
+    table: pa.Table, name: str, num_classes: int, where: str = "model.num_classes"
+) -> list[Problem]:
     """Class ids that are fractional or outside [0, num_classes) (nulls, NaN: reported above)."""
     col = table.column(name)
     if pa.types.is_boolean(col.type):
@@ -149,26 +167,25 @@ def _class_problems(table: pa.Table, name: str, num_classes: int) -> list[Proble
     def not_a_class(r: int) -> str:
         return (
             f"{name} is {col[r].as_py()}; expected a class id, a whole number from 0 to "
-            f"{num_classes - 1} (model.num_classes: {num_classes})"
+            f"{num_classes - 1} ({where}: {num_classes})"
         )
 
     return [Problem("label", bad, not_a_class)]
 
 
 def _set_label_problems(table: pa.Table, spec: DataSpec, labels: LabelRule | None) -> list[Problem]:
-    if spec.label is None:
-        return []
-    problems = _scalar_problems(table, spec.label)
-    if labels is not None and labels.task == "classify" and labels.num_classes is not None:
-        problems += _class_problems(table, spec.label, labels.num_classes)
+    problems = [p for name in spec.set_label_columns for p in _scalar_problems(table, name)]
+    if labels is not None:
+        for name, num_classes, where in labels.class_columns(spec):
+            problems += _class_problems(table, name, num_classes, where)
     return problems
 
 
 def _element_label_problems(table: pa.Table, spec: DataSpec, sizes: np.ndarray) -> list[Problem]:
     """A relevance list of another length than its set, or with null / non-finite values."""
-    if spec.element_label is None:
+    el, first = spec.element_label_column, element_columns(spec)[0]
+    if el is None:
         return []
-    el, first = spec.element_label, element_columns(spec)[0]
     lab = list_sizes(table.column(el))
     unequal = lab != sizes
     if unequal.any():
@@ -187,14 +204,15 @@ def _element_label_problems(table: pa.Table, spec: DataSpec, sizes: np.ndarray) 
 
 def label_columns(spec: DataSpec) -> list[str]:
     """What ``label_problems`` reads: the labels, and the set sizes' column for a relevance list."""
-    if spec.element_label is not None:
-        return [element_columns(spec)[0], spec.element_label]
-    return [spec.label] if spec.label is not None else []
+    sizes = [element_columns(spec)[0]] if spec.element_label_column is not None else []
+    columns = [*sizes, *spec.set_label_columns, spec.element_label_column]
+    return list(dict.fromkeys(c for c in columns if c is not None))
 
 
 def label_problems(table: pa.Table, spec: DataSpec, labels: LabelRule | None) -> list[Problem]:
     """The label checks alone, on a table of ``label_columns`` (a cheap pass before training)."""
-    sizes = list_sizes(table.column(element_columns(spec)[0])) if spec.element_label else None
+    first = element_columns(spec)[0]
+    sizes = list_sizes(table.column(first)) if spec.element_label_column else None
     problems = _set_label_problems(table, spec, labels)
     if sizes is not None:
         problems += _element_label_problems(table, spec, sizes)

@@ -74,15 +74,24 @@ def table_to_batch(table: pa.Table, spec: DataSpec) -> SetBatch:
             ctx[:, j] = _numpy(chunks_of(table.column(name)), np.float32)
         context = torch.from_numpy(ctx)
     targets = None
-    if spec.label is not None:
+    if spec.has_heads:
+        # Several heads: one float32 column per set-level head, in model.heads order (class
+        # ids are whole numbers, exact in float32 up to 2**24).
+        columns = spec.set_label_columns
+        if columns:
+            heads = np.empty((table.num_rows, len(columns)), dtype=np.float32)
+            for j, name in enumerate(columns):
+                heads[:, j] = _numpy(chunks_of(table.column(name)), np.float32)
+            targets = torch.from_numpy(heads)
+    elif spec.label is not None:
         col = table.column(spec.label)
         is_int = pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)
         targets = torch.from_numpy(
             _writable(_numpy(chunks_of(col), np.int64 if is_int else np.float32))
         )
     element_targets = None
-    if spec.element_label is not None:
-        labels = _numpy(flat_children(table.column(spec.element_label)), np.float32)
+    if spec.element_label_column is not None:
+        labels = _numpy(flat_children(table.column(spec.element_label_column)), np.float32)
         element_targets = torch.from_numpy(_writable(labels))
     return SetBatch(
         values=torch.from_numpy(_writable(values)),

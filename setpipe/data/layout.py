@@ -58,7 +58,8 @@ def element_columns(spec: DataSpec) -> list[str]:
 def needed_columns(spec: DataSpec) -> list[str]:
     """Element columns, context, labels and key, each once, in that order."""
     names = [*element_columns(spec), *spec.context]
-    names += [c for c in (spec.label, spec.element_label, spec.key) if c is not None]
+    names += spec.set_label_columns
+    names += [c for c in (spec.element_label_column, spec.key) if c is not None]
     if spec.split is not None:
         names.append(spec.split.key)
     return list(dict.fromkeys(names))
@@ -107,10 +108,10 @@ def _expected(spec: DataSpec) -> dict[str, tuple[str, object]]:
         )
     for col in spec.context:
         out[col] = ("int or float", _is_number)
-    if spec.label is not None:
-        out[spec.label] = ("int or float", _is_number)
-    if spec.element_label is not None:
-        out[spec.element_label] = (
+    for label in spec.set_label_columns:
+        out[label] = ("int or float", _is_number)
+    if spec.element_label_column is not None:
+        out[spec.element_label_column] = (
             "list<int|float>",
             lambda t: _is_list(t) and _is_number(t.value_type),
         )

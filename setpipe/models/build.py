@@ -16,7 +16,7 @@ from setpipe.models.set_model import SetModel
 from setpipe.models.set_transformer import SetTransformerEncoder
 from setpipe.models.slot_context import SlotStates, slot_layout
 from setpipe.models.umbc import UMBC
-from setpipe.spec.models import DeepSetsSpec, ModelSpec, UMBCSpec
+from setpipe.spec.models import DeepSetsSpec, ModelSpec, TaskHeadSpec, UMBCSpec
 
 
 def build_model(
@@ -85,6 +85,9 @@ def build_model(
             else PairwiseEmbedding(enc.pairwise, transforms, enc.heads),
         )
     out_dim: int = encoder.out_dim  # type: ignore[assignment]
+    if spec.heads is not None:
+        heads = nn.ModuleDict({h.name: _head(h, out_dim, num_features) for h in spec.heads})
+        return SetModel(encoder, heads, {h.name: h.task for h in spec.heads})
     if spec.task == "pretrain_masked":
         return build_masked_model(encoder, num_features, spec.pretrain, feature_names)
     hidden, dropout = spec.head.hidden, spec.head.dropout
@@ -108,4 +111,15 @@ def build_model(
         )
     else:
         task_head = RankHead(num_features, out_dim, hidden, dropout)
+    assert spec.task is not None  # ModelSpec's validator: task or heads
     return SetModel(encoder, task_head, spec.task)
+
+
+def _head(spec: TaskHeadSpec, out_dim: int, num_features: int) -> nn.Module:
+    """One of several heads (``model.heads``) on embeddings of width ``out_dim``."""
+    if spec.task == "classify":
+        assert spec.num_classes is not None  # TaskHeadSpec's validator guarantees it
+        return ClassifyHead(out_dim, spec.hidden, spec.num_classes, spec.dropout)
+    if spec.task == "regress":
+        return RegressHead(out_dim, spec.hidden, spec.dropout, spec.offset, spec.scale)
+    return RankHead(num_features, out_dim, spec.hidden, spec.dropout)

@@ -187,6 +187,26 @@ def estimated_forward(
     graph and one no-grad block, not their sum. Blocking does not change the result
     (the encoder is MBC).
     """
+    embedding = estimated_embedding(
+        encoder, batch, subsets, chunk_size, generator, state0, block=block
+    )
+    if not rank:
+        return head(embedding)  # type: ignore[no-any-return]
+    return estimated_scores(head, batch, subsets, embedding, chunk_size)
+
+
+def estimated_embedding(
+    encoder: MBCEncoder,
+    batch: SetBatch,
+    subsets: GradSubsets,
+    chunk_size: int,
+    generator: torch.Generator | None = None,
+    state0: MBCState | None = None,
+    *,
+    block: int | None = None,
+) -> torch.Tensor:
+    """The set embeddings [B, H] of ``estimated_forward``: the gradient flows through
+    ``subsets.pool`` only, scaled n/M per set (several heads share it)."""
     values, offsets = batch.values, batch.offsets
     if state0 is None:
         state0 = encoder.init_state(
@@ -205,10 +225,19 @@ def estimated_forward(
     sub = {
         k: scale_grad(v, subsets.factor) if k in encoder.partial_keys else v for k, v in sub.items()
     }
-    embedding = encoder.finalize(encoder.merge(sub, rest), batch.context)
+    return encoder.finalize(encoder.merge(sub, rest), batch.context)
 
-    if not rank:
-        return head(embedding)  # type: ignore[no-any-return]
+
+def estimated_scores(
+    head: nn.Module,
+    batch: SetBatch,
+    subsets: GradSubsets,
+    embedding: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Element scores [E] of a rank ``head`` on ``embedding``: the gradient flows through
+    ``subsets.score`` only, scaled n/M per set; the other elements are scored under no_grad."""
+    values, offsets = batch.values, batch.offsets
     if subsets.score is None:
         raise ModelError("rank needs an independent scoring subset: sample_subsets(scoring=True)")
     scores = torch.empty(batch.num_elements, device=values.device, dtype=state_dtype(values.dtype))

@@ -218,7 +218,7 @@ class SetModelServer:
             name=loaded.name,
             version=loaded.version,
             alias=self._config.alias,
-            task=job.model.task,
+            task=job.model.task_names,
             element_features=job.data.elements.feature_names,
             context_features=list(job.data.context),
             num_classes=job.model.num_classes,

@@ -9,7 +9,9 @@ output row can be joined back to its input row.
 Output columns: the keys, then by task
 - classify: ``prob_0`` .. ``prob_{C-1}`` (float64) and ``label`` (int64, the argmax);
 - regress: ``value`` (float64);
-- rank: ``scores`` (list<float64>, one per element, in element order).
+- rank: ``scores`` (list<float64>, one per element, in element order);
+- several heads (``model.heads``): each head's columns as above, prefixed ``<head>_``
+  (``qg_prob_0``, ``qg_label``, ``mass_value``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class PredictSummary:
 
 def input_spec(job: JobSpec, source: str) -> DataSpec:
     """The job's data layout reading ``source``, with no labels (inputs need none)."""
-    return job.data.model_copy(
+    spec = job.data.model_copy(
         update={
             "train": source,
             "validation": None,
@@ -55,12 +57,23 @@ def input_spec(job: JobSpec, source: str) -> DataSpec:
             "element_label": None,
         }
     )
+    spec._head_targets = []  # the heads' targets are labels too (model.heads)
+    return spec
 
 
 def output_schema_names(job: JobSpec) -> list[str]:
-    task = job.model.task
+    if job.model.heads is not None:
+        return [
+            f"{h.name}_{name}"
+            for h in job.model.heads
+            for name in _task_columns(h.task, h.num_classes)
+        ]
+    return _task_columns(str(job.model.task), job.model.num_classes)
+
+
+def _task_columns(task: str, num_classes: int | None) -> list[str]:
     if task == "classify":
-        return [f"prob_{c}" for c in range(job.model.num_classes or 0)] + ["label"]
+        return [f"prob_{c}" for c in range(num_classes or 0)] + ["label"]
     if task == "pretrain_masked":
         return ["embedding"]
     return ["value"] if task == "regress" else ["scores"]
@@ -68,10 +81,23 @@ def output_schema_names(job: JobSpec) -> list[str]:
 
 def prediction_columns(job: JobSpec, outputs: list[dict[str, Any]]) -> dict[str, pa.Array]:
     """Per-set outputs of ``LoadedSetModel.predict_batch`` as Arrow columns."""
-    task = job.model.task
+    if job.model.heads is not None:
+        return {
+            f"{h.name}_{name}": column
+            for h in job.model.heads
+            for name, column in _task_arrays(
+                h.task, h.num_classes, [o[h.name] for o in outputs]
+            ).items()
+        }
+    return _task_arrays(str(job.model.task), job.model.num_classes, outputs)
+
+
+def _task_arrays(
+    task: str, num_classes: int | None, outputs: list[dict[str, Any]]
+) -> dict[str, pa.Array]:
     if task == "classify":
         probs = np.asarray([o["probabilities"] for o in outputs], dtype=np.float64)
-        probs = probs.reshape(len(outputs), job.model.num_classes or 0)
+        probs = probs.reshape(len(outputs), num_classes or 0)
         columns = {f"prob_{c}": pa.array(probs[:, c]) for c in range(probs.shape[1])}
         columns["label"] = pa.array(probs.argmax(axis=1).astype(np.int64))
         return columns

@@ -48,7 +48,8 @@ class PredictResponse(BaseModel):
     model: ModelRef
     predictions: list[dict[str, Any]] = Field(
         description='Per set: {"probabilities": [...]} (classify), {"value": x} (regress) or '
-        '{"scores": [...]} (rank, one per element).'
+        '{"scores": [...]} (rank, one per element); several heads (model.heads): '
+        '{"<head>": <its output as above>, ...}.'
     )
 
 

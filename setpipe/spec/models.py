@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -367,6 +368,32 @@ class DataSpec(StrictModel):
             return self.elements.feature_names
         return [f.name for f in self.features]
 
+    # Several heads (model.heads): their target columns, set by JobSpec at validation (the
+    # heads live in the model section, the columns are read here). Empty: the single-head
+    # form, whose columns are data.label and data.element_label.
+    _head_targets: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+
+    @property
+    def set_label_columns(self) -> list[str]:
+        """The set-level label columns read into ``SetBatch.targets``: data.label, or each
+        classify/regress head's target in model.heads order (then targets is [B, K])."""
+        if self._head_targets:
+            return [column for column, task in self._head_targets if task != "rank"]
+        return [self.label] if self.label is not None else []
+
+    @property
+    def element_label_column(self) -> str | None:
+        """The per-element label list read into ``SetBatch.element_targets``: data.element_label,
+        or the rank head's target."""
+        if self._head_targets:
+            return next((column for column, task in self._head_targets if task == "rank"), None)
+        return self.element_label
+
+    @property
+    def has_heads(self) -> bool:
+        """True when the job has several heads (``model.heads``): targets is [B, K] float32."""
+        return bool(self._head_targets)
+
 
 # --------------------------------------------------------------------------- model
 
@@ -613,6 +640,106 @@ class HeadSpec(StrictModel):
     )
 
 
+HEAD_NAME_PATTERN = r"^[a-z][a-z0-9]{0,31}$"
+"""A head's name: it becomes part of metric names (val_<head>_auc) and output keys."""
+
+
+class TaskHeadSpec(StrictModel):
+    """One of several heads on the shared encoder (``model.heads``), with its own target."""
+
+    name: str = Field(
+        pattern=HEAD_NAME_PATTERN,
+        description="Head name: lower-case letters and digits, starting with a letter; names its "
+        "metrics (val_<name>_auc) and its output in predictions.",
+    )
+    task: Task = Field(
+        description="classify (set label), regress (set value), or rank (per-element relevance)."
+    )
+    target: str = Field(
+        description="The column it learns: a set-level column (classify, regress) or a "
+        "per-element label list column (rank)."
+    )
+    loss_weight: float = Field(
+        default=1.0, gt=0.0, description="Weight of this head's loss in the total loss."
+    )
+    hidden: list[PositiveInt] = Field(default=[64], description="Hidden widths of the head.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout in the head.")
+    num_classes: int | None = Field(default=None, ge=2, description="Classes, for classify.")
+    background_class: int | None = Field(
+        default=None,
+        ge=0,
+        description="Classify: the background class of rejection (as model.background_class).",
+    )
+    offset: float = Field(
+        default=0.0,
+        description="Regress: the head predicts (target - offset) / scale and its loss is the "
+        "MSE in those units; outputs and rmse are in the target's units.",
+    )
+    scale: float = Field(
+        default=1.0, gt=0.0, description="Regress: see offset (e.g. the target's spread)."
+    )
+
+    @model_validator(mode="after")
+    def _fields_fit_task(self) -> TaskHeadSpec:
+        where = f"head {self.name!r}"
+        if self.task == "classify" and self.num_classes is None:
+            raise ValueError(f"{where}: task classify needs num_classes (2 or more)")
+        if self.task != "classify":
+            for name in ("num_classes", "background_class"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{where}: {name} is only for task classify, not {self.task}; remove it"
+                    )
+        if self.task != "regress" and (self.offset != 0.0 or self.scale != 1.0):
+            raise ValueError(
+                f"{where}: offset and scale are only for task regress, not {self.task}; remove them"
+            )
+        if (
+            self.background_class is not None
+            and self.num_classes is not None
+            and self.background_class >= self.num_classes
+        ):
+            raise ValueError(
+                f"{where}: background_class {self.background_class} is not a class of "
+                f"num_classes {self.num_classes}; expected 0 to {self.num_classes - 1}"
+            )
+        return self
+
+    def metric_names(self) -> tuple[str, ...]:
+        """``val_<name>_<metric>`` for each metric of the head's task."""
+        return tuple(f"val_{self.name}_{m}" for m in TASK_METRICS[self.task])
+
+
+PART_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$"
+"""A part of the model: a parameter-name prefix at a module boundary (encoder, head,
+encoder.embed.0)."""
+
+Part = Annotated[str, Field(pattern=PART_PATTERN)]
+
+
+class InitFromSpec(StrictModel):
+    """Start from another model's weights (fine-tuning, warm start, a pretrained encoder)."""
+
+    uri: str = Field(
+        min_length=1,
+        description="models:/NAME@ALIAS, models:/NAME/VERSION (in the job's MLflow store), or a "
+        "setpipe checkpoint: its directory (weights.pt) or a weights file.",
+        json_schema_extra={"examples": ["models:/qg_jets@champion", "models:/qg_jets/3"]},
+    )
+    parts: list[Part] | None = Field(
+        default=None,
+        min_length=1,
+        description="Load only these parts (encoder, head, or a parameter-name prefix such as "
+        "encoder.embed); every parameter under them must exist in both models with the same "
+        "shape. None: every parameter.",
+    )
+
+    @field_validator("parts")
+    @classmethod
+    def _distinct_parts(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _distinct(value, "part")
+
+
 class PretrainSpec(StrictModel):
     """``model.pretrain``: masked set modeling (Golling et al., "Masked Particle Modeling on
     Sets"). A random fraction of each set's elements is replaced by a learned mask token and
@@ -641,8 +768,17 @@ class PretrainSpec(StrictModel):
 class ModelSpec(StrictModel):
     encoder: EncoderSpec
     head: HeadSpec = Field(default_factory=HeadSpec, description="The task head.")
-    task: Task | Literal["pretrain_masked"] = Field(
-        description="classify (set label, num_classes), regress (set value), or rank elements."
+    task: Task | Literal["pretrain_masked"] | None = Field(
+        default=None,
+        description="classify (set label, num_classes), regress (set value), or rank elements. "
+        "One head; for several, use heads instead.",
+    )
+    heads: list[TaskHeadSpec] | None = Field(
+        default=None,
+        min_length=1,
+        description="Several heads on one encoder, each with its own task, target column and "
+        "loss weight (instead of task/head/num_classes and data.label). The loss is the "
+        "weighted sum; metrics are val_<head>_<metric> beside the total val_loss.",
     )
     pretrain: PretrainSpec | None = Field(
         default=None,
@@ -657,6 +793,52 @@ class ModelSpec(StrictModel):
         "measured against, each other class being a signal (default: 0 when binary; needed "
         "for rejection with 3 or more classes).",
     )
+
+    @model_validator(mode="after")
+    def _one_head_or_heads(self) -> ModelSpec:
+        if self.heads is None:
+            if self.task is None:
+                raise ValueError(
+                    "model needs task (one head: classify, regress or rank) or heads (several "
+                    "heads on one encoder, each with name, task and target)"
+                )
+            return self
+        # By value, not by the fields set: a dumped job (checkpoints, job.yaml) holds the
+        # single-head defaults and must load again.
+        single = {
+            "model.task": self.task is not None,
+            "model.head": self.head != HeadSpec(),
+            "model.num_classes": self.num_classes is not None,
+            "model.background_class": self.background_class is not None,
+        }
+        given = [name for name, present in single.items() if present]
+        if given:
+            raise ValueError(
+                f"model.heads replaces {', '.join(given)}: remove {', '.join(given)} and give each "
+                "head's task, hidden, dropout and num_classes inside model.heads"
+            )
+        _distinct([h.name for h in self.heads], "head name")
+        ranks = [h.name for h in self.heads if h.task == "rank"]
+        if len(ranks) > 1:
+            raise ValueError(
+                f"model.heads has {len(ranks)} rank heads ({', '.join(ranks)}); at most one head "
+                "may score elements: keep one"
+            )
+        return self
+
+    @property
+    def task_names(self) -> str:
+        """The task, or each head's name=task (tags, logs)."""
+        if self.heads is None:
+            return str(self.task)
+        return ",".join(f"{h.name}={h.task}" for h in self.heads)
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The validation metrics a gate or early stopping may watch: val_loss, val_auc, ...;
+        with heads, val_loss (the weighted total) and val_<head>_<metric> for each head."""
+        if self.heads is None:
+            return validation_metrics(str(self.task))
+        return ("val_loss", *(name for h in self.heads for name in h.metric_names()))
 
     @model_validator(mode="after")
     def _slots_for_rank(self) -> ModelSpec:
@@ -946,7 +1128,9 @@ class JobSpec(StrictModel):
     @model_validator(mode="after")
     def _labels_fit_task(self) -> JobSpec:
         task, data = self.model.task, self.data
-        if task == "rank":
+        if self.model.heads is not None:
+            self._heads_fit_data()
+        elif task == "rank":
             if data.element_label is None:
                 raise ValueError(
                     "task rank needs data.element_label (a per-element relevance list column)"
@@ -1028,19 +1212,31 @@ class JobSpec(StrictModel):
             (("train", "early_stopping", "metric"), stop.metric if stop else None),
             (("tracking", "metric"), self.tracking.metric),
         ]
-        known = validation_metrics(self.model.task)
+        model = self.model
+        known = model.metric_names()
         errors = [
-            _not_reported(where, metric, self.model.task, known)
+            _not_reported(where, metric, model.task, known)
+            if model.heads is None
+            else _not_a_head_metric(where, metric, known)
             for where, metric in watched
             if metric is not None and metric not in known
         ]
-        model = self.model
         if model.task == "classify" and (model.num_classes or 0) > 2:
             errors += [
                 _no_background(where, metric, model.num_classes or 0)
                 for where, metric in watched
                 if metric in ("val_rej30", "val_rej50") and model.background_class is None
             ]
+        for head in model.heads or []:
+            if head.task == "classify" and (head.num_classes or 0) > 2:
+                rejections = (f"val_{head.name}_rej30", f"val_{head.name}_rej50")
+                errors += [
+                    _no_background(
+                        where, metric, head.num_classes or 0, f"head {head.name}'s background_class"
+                    )
+                    for where, metric in watched
+                    if metric in rejections and head.background_class is None
+                ]
         # Rejection is better when larger; early stopping's default direction is minimize.
         directions = [
             (("train", "early_stopping", "direction"), stop.metric, stop.direction)
@@ -1051,7 +1247,7 @@ class JobSpec(StrictModel):
         errors += [
             _minimized_rejection(where, metric)
             for where, metric, direction in filter(None, directions)
-            if metric in ("val_rej30", "val_rej50") and direction == "minimize"
+            if str(metric).endswith(("_rej30", "_rej50")) and direction == "minimize"
         ]
         if errors:
             # A ValidationError raised here keeps each error's own location (the metric
@@ -1070,7 +1266,16 @@ class JobSpec(StrictModel):
     @property
     def promotion(self) -> tuple[str, Literal["maximize", "minimize"]]:
         """(metric, direction) the registry gate compares."""
-        metric, direction = TASK_DEFAULT_METRIC[self.model.task]
+        if self.model.heads is not None:
+            # Default: the first head's task metric (val_<head>_auc, _rmse or _ndcg).
+            first = self.model.heads[0]
+            metric, direction = TASK_DEFAULT_METRIC[first.task]
+            metric = f"val_{first.name}_{metric.removeprefix('val_')}"
+            if self.tracking.metric is not None and self.tracking.direction is None:
+                # A named head metric takes its own task's direction (val_mass_rmse: minimize).
+                direction = _head_metric_direction(self.tracking.metric, self.model.heads)
+        else:
+            metric, direction = TASK_DEFAULT_METRIC[str(self.model.task)]
         return self.tracking.metric or metric, self.tracking.direction or direction  # type: ignore[return-value]
 
 
@@ -1118,9 +1323,38 @@ def _minimized_rejection(where: tuple[str, ...], metric: str) -> InitErrorDetail
     )
 
 
-def _no_background(where: tuple[str, ...], metric: str, classes: int) -> InitErrorDetails:
+def _head_metric_direction(metric: str, heads: list[TaskHeadSpec]) -> str:
+    """maximize or minimize for val_loss or val_<head>_<name> (loss and rmse: minimize)."""
+    if metric == "val_loss":
+        return "minimize"
+    for head in heads:
+        name = metric.removeprefix(f"val_{head.name}_")
+        if name != metric and name in TASK_METRICS[head.task]:
+            return "minimize" if name in ("loss", "rmse") else "maximize"
+    return "maximize"
+
+
+def _not_a_head_metric(
+    where: tuple[str, ...], metric: str, known: tuple[str, ...]
+) -> InitErrorDetails:
+    near = suggest(metric, list(known))
+    hint = f'; did you mean "{near}"?' if near else ""
     reason = (
-        f"{metric} with {classes} classes needs model.background_class (the class rejected); "
+        f"expected one of {', '.join(known)} (val_loss is the weighted total; each head "
+        f"reports val_<head>_<metric>){hint}"
+    )
+    return InitErrorDetails(
+        type=PydanticCustomError("value_error", "{error}", {"error": reason}),
+        loc=where,
+        input=metric,
+    )
+
+
+def _no_background(
+    where: tuple[str, ...], metric: str, classes: int, field: str = "model.background_class"
+) -> InitErrorDetails:
+    reason = (
+        f"{metric} with {classes} classes needs {field} (the class rejected); "
         "set it, e.g. background_class: 0"
     )
     return InitErrorDetails(

@@ -162,7 +162,7 @@ def open_run(job: JobSpec, run_id: str | None = None) -> str:
     tags = {
         "setpipe.version": __version__,
         "setpipe.job": job.name,
-        "setpipe.task": job.model.task,
+        "setpipe.task": job.model.task_names,
         "setpipe.attempts": "1",
         **lineage.lineage_tags(job.data, splits),
     }

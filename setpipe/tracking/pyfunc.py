@@ -17,7 +17,8 @@ the types (``SetInput``), then ``sets_to_batch`` checks the names and lengths ex
 endpoint does.
 
 Per set out: classify ``{"probabilities": [...], "label": int}``, regress ``{"value": x}``,
-rank ``{"scores": [...]}`` (one per element, in input order).
+rank ``{"scores": [...]}`` (one per element, in input order). Several heads
+(``model.heads``): ``{"<head>": <that head's output as above>, ...}`` in model.heads order.
 """
 
 from __future__ import annotations
@@ -79,6 +80,21 @@ def task_outputs(task: str, out: torch.Tensor, offsets: torch.Tensor) -> list[di
     return [{"scores": scores[lo:hi]} for lo, hi in pairwise(bounds)]
 
 
+def heads_outputs(
+    job: JobSpec, out: torch.Tensor | dict[str, torch.Tensor], offsets: torch.Tensor
+) -> list[dict[str, Any]]:
+    """Per-set dicts for the job's model: ``task_outputs`` for one head; for several, each
+    set's ``{head name: that head's task_outputs}``."""
+    if job.model.heads is None:
+        assert isinstance(out, torch.Tensor) and job.model.task is not None
+        return task_outputs(job.model.task, out, offsets)
+    assert isinstance(out, dict)
+    per_head = {h.name: task_outputs(h.task, out[h.name], offsets) for h in job.model.heads}
+    return [
+        {name: outputs[i] for name, outputs in per_head.items()} for i in range(len(offsets) - 1)
+    ]
+
+
 class NonFiniteOutput(ModelError):
     """The model's output for some sets is NaN or infinite: never written, never served."""
 
@@ -95,6 +111,8 @@ def non_finite_sets(outputs: list[dict[str, Any]]) -> list[int]:
             return math.isfinite(value)
         if isinstance(value, list):
             return all(finite(v) for v in value)
+        if isinstance(value, dict):  # one head's output, with several heads
+            return all(finite(v) for v in value.values())
         return True
 
     return [i for i, out in enumerate(outputs) if not all(finite(v) for v in out.values())]
@@ -175,7 +193,8 @@ class LoadedSetModel:
             embed = self.job.model.task == "pretrain_masked"
             run = self.model.embed_chunked if embed else self.model.predict_chunked
             out = run(batch.to(device), self.job.train.chunk_size)
-        outputs = task_outputs(self.job.model.task, out.cpu(), batch.offsets.cpu())
+        out = {n: o.cpu() for n, o in out.items()} if isinstance(out, dict) else out.cpu()
+        outputs = heads_outputs(self.job, out, batch.offsets.cpu())
         bad = [] if allow_non_finite else non_finite_sets(outputs)
         if bad:
             shown = ", ".join(map(str, bad[:10])) + (
@@ -359,4 +378,11 @@ def load_set_model(model_uri: str, tracking_uri: str | None = None) -> LoadedSet
         )
 
 
-__all__ = ["LoadedSetModel", "SetInput", "SetPyfunc", "load_set_model", "task_outputs"]
+__all__ = [
+    "LoadedSetModel",
+    "SetInput",
+    "SetPyfunc",
+    "heads_outputs",
+    "load_set_model",
+    "task_outputs",
+]

@@ -160,6 +160,8 @@ def _noise(
     """The bootstrap comparison with the champion, or why it cannot be made (a sentence)."""
     metric, _ = job.promotion
     name = metric.removeprefix("val_")
+    if job.model.heads is not None:
+        return "a job with several heads (model.heads) stores no validation outputs yet"
     if job.model.task != "classify":
         return f"the {job.model.task} task stores no validation outputs yet"
     if validation is None:

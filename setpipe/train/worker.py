@@ -24,7 +24,7 @@ from setpipe.data.batch import SetBatch
 from setpipe.errors import TrainError
 from setpipe.models import build_model
 from setpipe.spec.models import JobSpec
-from setpipe.train.losses import task_loss
+from setpipe.train.heads import HeadsEvaluation, evaluation_for, model_loss
 from setpipe.train.metrics import Evaluation
 from setpipe.train.optim import build_optimizer, build_scheduler
 
@@ -116,7 +116,7 @@ def train_step(worker: Worker, batch: SetBatch) -> torch.Tensor:
         outputs = worker.ddp_model(
             batch, grad_budget=budget, chunk_size=spec.chunk_size, generator=worker.generator
         )
-    loss = task_loss(job.model.task, outputs, batch)
+    loss = model_loss(job.model, outputs, batch)
     # Regularisers the encoder added in this forward (pooling lcm: associativity).
     take_aux = getattr(getattr(worker.model, "encoder", None), "take_aux_loss", None)
     aux = take_aux() if take_aux is not None else None
@@ -132,15 +132,13 @@ def train_step(worker: Worker, batch: SetBatch) -> torch.Tensor:
     return loss.detach()
 
 
-def evaluate(worker: Worker, split: str) -> Evaluation:
+def evaluate(worker: Worker, split: str) -> Evaluation | HeadsEvaluation:
     """This rank's shard of ``split``, gathered across ranks (every rank holds them all)."""
     import ray.train
 
     job = worker.job
     shard = ray.train.get_dataset_shard(split)
-    evaluation = Evaluation(
-        job.model.task, background_class=job.model.background_class, sigma=split == "test"
-    )
+    evaluation = evaluation_for(job.model, sigma=split == "test")
     reading = BatchStats()
     worker.model.eval()
     # pooling lcm: how far chunking moves the pooled vector (the operator is learned, so
@@ -155,7 +153,7 @@ def evaluate(worker: Worker, split: str) -> Evaluation:
             with _autocast(worker):
                 # Constant memory in the set size for MBC encoders; whole sets otherwise.
                 outputs = worker.model.predict_chunked(batch, job.train.chunk_size)
-            loss = task_loss(job.model.task, outputs, batch)
+            loss = model_loss(job.model, outputs, batch)
             evaluation.add(outputs, batch, float(loss))
             if partition is not None:
                 errors = partition(batch)

@@ -217,7 +217,7 @@ def test_overwrite_replaces_only_a_dataset(
     assert a_file.read_bytes() == b"x"
 
 
-@pytest.mark.parametrize("name", ["quickstart", "digits", "passages"])
+@pytest.mark.parametrize("name", ["quickstart", "digits", "passages", "multihead"])
 def test_shipped_jobs_take_enough_steps_an_epoch(name: str, tmp_path: Path) -> None:
     """The data a shipped job's YAML says to make, batched by its element budget, gives at
     least 30 optimizer steps an epoch. digits (8192 elements, sets of ~30) took 6 an epoch
