@@ -74,6 +74,7 @@ def test_example_jobs_are_all_there() -> None:
         "qg_jets",
         "qg_lcm",
         "qg_part",
+        "qg_pretrain",
         "quickstart",
     ]
 
