@@ -17,12 +17,15 @@ itself took ~6 ms of CPU per request, more than the servers). setpipe is served 
   big_body_rss_x that growth over the body's size.
 
     .venv/bin/python bench/serve_load.py [--quick] [--duration S] [--rounds R]
-        [--ingress haproxy|proxy] [--model-uri URI --tracking-uri URI]
+        [--ingress haproxy|proxy] [--runtime torch|onnx] [--model-uri URI --tracking-uri URI]
 
 Without --model-uri it trains the quickstart model on generated jets in a temp dir
 first. Ends with one line:
 RESULT rps_vs_mlflow=... p99_vs_mlflow=... huge_set_rss_mb=... slow_clients_ok=1
 big_body_rss_mb=... (rps ratio: the smaller over the two set sizes; p99 ratio: the larger.)
+--runtime onnx serves the model through its ONNX graphs (setpipe serve --runtime onnx);
+compare the rps_vs_mlflow_* of a torch and an onnx run (the same mlflow server is the
+yardstick in both).
 """
 
 from __future__ import annotations
@@ -200,6 +203,9 @@ def main() -> int:
     parser.add_argument(
         "--ingress", choices=INGRESSES, default=DEFAULT_INGRESS, help="as setpipe serve"
     )
+    parser.add_argument(
+        "--runtime", choices=("torch", "onnx"), default="torch", help="as setpipe serve"
+    )
     args = parser.parse_args()
     duration = args.duration or (2.0 if args.quick else 10.0)
     warmup = 0.5 if args.quick else 1.0
@@ -225,7 +231,7 @@ def main() -> int:
     name, version = resolve(model_uri, tracking_uri)
     pinned = f"models:/{name}/{version}"
     print(
-        f"model {pinned}; ingress {args.ingress}; {args.clients} clients; "
+        f"model {pinned}; ingress {args.ingress}; runtime {args.runtime}; {args.clients} clients; "
         f"{rounds} x {duration:.0f} s per server and set size"
     )
 
@@ -234,7 +240,9 @@ def main() -> int:
     mlflow_proc = start_mlflow(pinned, tracking_uri, mlflow_port, tmp / "mlflow-serve.log")
     results: dict[tuple[str, int], LoadStats] = {}
     try:
-        config = ServeConfig(name=name, tracking_uri=tracking_uri, replicas=args.replicas)
+        config = ServeConfig(
+            name=name, tracking_uri=tracking_uri, replicas=args.replicas, runtime=args.runtime
+        )
         setpipe_url = start(config, version, port=port)  # 127.0.0.1: loopback only
         wait_http(f"{setpipe_url}/ready")
         wait_http(f"http://127.0.0.1:{mlflow_port}/ping", mlflow_proc)
@@ -302,7 +310,8 @@ def main() -> int:
         f"slow_clients_health_ms={slow['health_ms']:.0f} "
         f"slow_clients_predict_ms={slow['predict_ms']:.0f} big_body_rss_mb={big_growth:.0f} "
         f"big_body_mb={big_mb:.1f} big_body_rss_x={big_growth / big_mb:.2f} "
-        f"big_body_status={big_status} errors={errors} ingress={args.ingress}"
+        f"big_body_status={big_status} errors={errors} ingress={args.ingress} "
+        f"runtime={args.runtime}"
     )
     return 0
 

@@ -103,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_ELEMENT_BUDGET})",
     )
     parser.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch (default): the PyTorch model; onnx: its ONNX graphs in onnxruntime "
+        "(the version's logged setpipe export, else exported when a replica loads it)",
+    )
+    parser.add_argument(
         "--poll-seconds",
         type=float,
         default=5.0,
@@ -165,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         autoscale=args.autoscale,
         poll_s=args.poll_seconds,
+        runtime=args.runtime,
     )
     if args.address is None:
         timeout = config.limits.request_timeout_s
