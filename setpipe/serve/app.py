@@ -35,7 +35,7 @@ of the replicas, so the health check answers while every slot is busy.
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -94,6 +94,11 @@ class ServeConfig(BaseModel):
         ge=1,
     )
     poll_s: float = Field(default=5.0, gt=0.0, description="Seconds between alias checks.")
+    runtime: Literal["torch", "onnx"] = Field(
+        default="torch",
+        description="torch: the PyTorch model; onnx: its ONNX graphs in onnxruntime (the "
+        "version's logged setpipe export, else exported when the replica loads it).",
+    )
 
 
 api = FastAPI(
@@ -181,7 +186,10 @@ class SetModelServer:
             if self._loaded is not None and str(self._loaded.version) == version:
                 return
             uri = f"models:/{self._config.name}/{version}"
-            loaded = await asyncio.to_thread(load_set_model, uri, self._config.tracking_uri)
+            loader = load_set_model
+            if self._config.runtime == "onnx":
+                from setpipe.export.serving import load_onnx_model as loader
+            loaded = await asyncio.to_thread(loader, uri, self._config.tracking_uri)
             self._loaded = loaded  # the swap: batches that start from now on use it
         log.info("serving %s version %s", self._config.name, version)
 
