@@ -114,7 +114,7 @@ def read_inputs(job: JobSpec, *, address: str | None = None) -> Inputs:
         data_fingerprint = None  # read_dataset names the empty source in its own words
     splits = ("train", "validation", "test")
     datasets = {split: read_dataset(job.data, split, model=job.model) for split in splits}
-    transforms = fit_transforms(job.data, datasets["train"])
+    transforms = fit_transforms(job.data, datasets["train"], model=job.model)
     example = table_to_batch(_first_sets(datasets, 4), job.data)
     return Inputs(datasets, transforms, example, data_fingerprint)
 

@@ -313,7 +313,27 @@ def find_problems(
     problems += [p for p in element_label if p.kind != "unequal"]
     for c in spec.context:
         problems += _scalar_problems(table, c)
-    return problems + _set_label_problems(table, spec, labels)
+    return problems + _set_label_problems(table, spec, labels) + _weight_problems(table, spec)
+
+
+def _weight_problems(table: pa.Table, spec: DataSpec) -> list[Problem]:
+    """data.weight null, non-finite or negative; data.reweight's variables null or non-finite."""
+    names = [spec.weight] if spec.weight is not None else []
+    names += [v for v in (spec.reweight.vars if spec.reweight else {}) if v not in spec.context]
+    problems = [p for name in dict.fromkeys(names) for p in _scalar_problems(table, name)]
+    if spec.weight is None:
+        return problems
+    name, col = spec.weight, table.column(spec.weight)
+    values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        negative = values < 0
+    if negative.any():
+
+        def negative_at(r: int) -> str:
+            return f"{name} is {col[r].as_py()}; expected a weight >= 0 (data.weight)"
+
+        problems.append(Problem("weight", negative, negative_at))
+    return problems
 
 
 def bad_row_mask(problems: list[Problem], num_rows: int) -> np.ndarray:

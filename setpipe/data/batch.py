@@ -29,6 +29,9 @@ class SetBatch:
     """[B] set-level labels: int64 class ids (classify) or float32 values (regress)."""
     element_targets: torch.Tensor | None = None
     """float32 [E] per-element labels (rank: the relevance of each element)."""
+    weights: torch.Tensor | None = None
+    """float32 [B] set weights >= 0 (data.weight x class weight x reweight factor, filled by
+    the data layer), or None when the job declares no weights (serving never has them)."""
 
     @property
     def num_sets(self) -> int:
@@ -89,6 +92,7 @@ class SetBatch:
             context=None if self.context is None else self.context[idx],
             targets=None if self.targets is None else self.targets[idx],
             element_targets=None if et is None else torch.index_select(et, 0, elem),
+            weights=None if self.weights is None else self.weights[idx],
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SetBatch:
@@ -102,6 +106,7 @@ class SetBatch:
             context=move(self.context),
             targets=move(self.targets),
             element_targets=move(self.element_targets),
+            weights=move(self.weights),
         )
 
     @staticmethod
@@ -122,6 +127,7 @@ class SetBatch:
             context=cat([b.context for b in batches]),
             targets=cat([b.targets for b in batches]),
             element_targets=cat([b.element_targets for b in batches]),
+            weights=cat([b.weights for b in batches]),
         )
 
     def slice_sets(self, start: int, stop: int) -> SetBatch:
@@ -133,6 +139,7 @@ class SetBatch:
             context=None if self.context is None else self.context[start:stop],
             targets=None if self.targets is None else self.targets[start:stop],
             element_targets=None if self.element_targets is None else self.element_targets[lo:hi],
+            weights=None if self.weights is None else self.weights[start:stop],
         )
 
     @staticmethod
@@ -141,6 +148,7 @@ class SetBatch:
         context: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         element_targets: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> SetBatch:
         """Pack a list of [n_i, F] tensors (tests and serving; the data layer packs from Arrow)."""
         sizes = torch.tensor([s.shape[0] for s in sets], dtype=torch.long)
@@ -152,6 +160,7 @@ class SetBatch:
             context=context,
             targets=targets,
             element_targets=element_targets,
+            weights=weights,
         )
 
 

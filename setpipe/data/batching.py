@@ -19,7 +19,7 @@ import torch
 
 from setpipe.data.bad_rows import check_rows, drop_problem_rows
 from setpipe.data.batch import SetBatch
-from setpipe.data.convert import table_to_batch
+from setpipe.data.convert import reweight_values, table_to_batch
 from setpipe.data.reading import iter_tables
 from setpipe.data.transforms import FittedTransforms
 from setpipe.spec.models import DataSpec
@@ -187,7 +187,7 @@ def iter_set_batches(
             stats.skipped_rows += skipped
             if not table.num_rows:
                 continue
-            raw = table_to_batch(table, spec)
+            raw = transforms.weigh(table_to_batch(table, spec), reweight_values(table, spec))
             batch = transforms.apply(raw)
             # One pass over the output; the op-by-op diagnosis only for a block that needs it.
             if not bool(torch.isfinite(batch.values).all()):

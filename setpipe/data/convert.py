@@ -99,7 +99,25 @@ def table_to_batch(table: pa.Table, spec: DataSpec) -> SetBatch:
         context=context,
         targets=targets,
         element_targets=element_targets,
+        weights=set_weights(table, spec),
     )
+
+
+def set_weights(table: pa.Table, spec: DataSpec) -> torch.Tensor | None:
+    """float32 [rows]: ``data.weight`` of each row, or None when the job has none."""
+    if spec.weight is None:
+        return None
+    return torch.from_numpy(_numpy(chunks_of(table.column(spec.weight)), np.float32).copy())
+
+
+def reweight_values(table: pa.Table, spec: DataSpec) -> np.ndarray | None:
+    """float64 [rows, V]: ``data.reweight``'s variables of each row, or None without it."""
+    if spec.reweight is None:
+        return None
+    out = np.empty((table.num_rows, len(spec.reweight.vars)), dtype=np.float64)
+    for j, name in enumerate(spec.reweight.vars):
+        out[:, j] = _numpy(chunks_of(table.column(name)), np.float64)
+    return out
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

@@ -60,9 +60,16 @@ def needed_columns(spec: DataSpec) -> list[str]:
     names = [*element_columns(spec), *spec.context]
     names += spec.set_label_columns
     names += [c for c in (spec.element_label_column, spec.key) if c is not None]
+    names += weight_columns(spec)
     if spec.split is not None:
         names.append(spec.split.key)
     return list(dict.fromkeys(names))
+
+
+def weight_columns(spec: DataSpec) -> list[str]:
+    """data.weight and data.reweight's variables: set-level numbers read with each set."""
+    names = [spec.weight] if spec.weight is not None else []
+    return names + (list(spec.reweight.vars) if spec.reweight is not None else [])
 
 
 def _is_number(t: pa.DataType) -> bool:
@@ -115,6 +122,8 @@ def _expected(spec: DataSpec) -> dict[str, tuple[str, object]]:
             "list<int|float>",
             lambda t: _is_list(t) and _is_number(t.value_type),
         )
+    for col in weight_columns(spec):
+        out.setdefault(col, ("int or float", _is_number))
     for col in (spec.key, spec.split.key if spec.split else None):
         if col is not None and col not in out:
             out[col] = (

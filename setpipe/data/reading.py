@@ -30,10 +30,11 @@ from setpipe.data.bad_rows import (
     first_reader_error,
     label_columns,
 )
-from setpipe.data.convert import table_to_batch
+from setpipe.data.convert import reweight_values, table_to_batch
 from setpipe.data.layout import PATH_COLUMN, ROW_COLUMN, check_files, needed_columns
 from setpipe.data.sources import Files, expand
 from setpipe.data.transforms import FittedTransforms, fit_on_batches
+from setpipe.data.weights import WeightFit
 from setpipe.spec.models import DataSpec, ModelSpec
 
 if TYPE_CHECKING:
@@ -125,10 +126,18 @@ def iter_tables(source: ray.data.Dataset | ray.data.DataIterator) -> object:
     return source.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
 
 
-def fit_transforms(spec: DataSpec, dataset: ray.data.Dataset | None) -> FittedTransforms:
-    """The job's transforms with standardize fitted in one pass over ``dataset`` (training)."""
+def fit_transforms(
+    spec: DataSpec, dataset: ray.data.Dataset | None, *, model: ModelSpec | None = None
+) -> FittedTransforms:
+    """The job's transforms with standardize fitted in one pass over ``dataset`` (training);
+    with ``model``, the set weights too (``model.class_weights``, ``data.reweight``: class
+    counts and histograms filled in the same pass)."""
     transforms = FittedTransforms.from_spec(spec)
-    if not transforms.to_fit or dataset is None:
+    weights = WeightFit(spec, model) if model and WeightFit.needed(spec, model) else None
+    if weights is not None and not weights.needs_pass:
+        transforms.weights = weights.result()  # explicit class weights: nothing to count
+        weights = None
+    if (not transforms.to_fit and weights is None) or dataset is None:
         return transforms
 
     def raw_batches():  # type: ignore[no-untyped-def]
@@ -142,7 +151,18 @@ def fit_transforms(spec: DataSpec, dataset: ray.data.Dataset | None) -> FittedTr
             if problem is not None:
                 keep = drop_problem_rows(table, problem, spec, "the training data")
                 batch = batch.select(np.flatnonzero(keep).tolist())
+                table = table.filter(pa.array(keep))
+            if batch.num_sets and weights is not None:
+                weights.add(batch, reweight_values(table, spec))
             if batch.num_sets:
                 yield batch
 
-    return fit_on_batches(transforms, raw_batches())
+    if not transforms.to_fit:
+        for _ in raw_batches():  # the pass only counts classes and fills histograms
+            pass
+        fitted = transforms
+    else:
+        fitted = fit_on_batches(transforms, raw_batches())
+    if weights is not None:
+        fitted.weights = weights.result()
+    return fitted

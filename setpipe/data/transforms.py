@@ -41,6 +41,7 @@ from pydantic import TypeAdapter
 
 from setpipe.data.bad_rows import Problem
 from setpipe.data.batch import SetBatch
+from setpipe.data.weights import SetWeights
 from setpipe.errors import DataError
 from setpipe.spec.models import (
     AbsOp,
@@ -145,6 +146,9 @@ class FittedTransforms:
     """``data.features``; None passes the raw features through unchanged."""
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     """feature name -> {"mean", "std", "count"} of its standardize op."""
+    weights: SetWeights | None = None
+    """Class weights and reweighting (``setpipe.data.weights``), fitted in the same pass;
+    None when the job declares neither."""
 
     @classmethod
     def from_spec(cls, spec: DataSpec) -> FittedTransforms:
@@ -205,6 +209,11 @@ class FittedTransforms:
         for j, feature in enumerate(self.features):
             values[:, j] = self._chain(feature, raw, sets, stop_at_standardize=False)
         return replace(batch, values=values)
+
+    def weigh(self, batch: SetBatch, values: np.ndarray | None) -> SetBatch:
+        """Raw ``batch`` with its set weights: ``data.weight`` x class weight x reweight
+        factor (``values``: the reweight variables, ``convert.reweight_values``)."""
+        return batch if self.weights is None else self.weights.apply(batch, values)
 
     def nonfinite_rows(self, batch: SetBatch) -> Problem | None:
         """The sets of raw ``batch`` that some op turns non-finite, or None if there are none.
@@ -279,6 +288,7 @@ class FittedTransforms:
             if self.features is None
             else _FEATURES.dump_python(self.features, mode="json"),
             "stats": {k: dict(v) for k, v in self.stats.items()},
+            "weights": None if self.weights is None else self.weights.to_dict(),
         }
 
     @classmethod
@@ -290,7 +300,13 @@ class FittedTransforms:
             )
         features = None if data["features"] is None else _FEATURES.validate_python(data["features"])
         stats = {k: {s: float(v) for s, v in d.items()} for k, d in data["stats"].items()}
-        return cls(list(data["raw_features"]), features, stats)
+        weights = data.get("weights")  # absent from models saved before weights existed
+        return cls(
+            list(data["raw_features"]),
+            features,
+            stats,
+            None if weights is None else SetWeights.from_dict(weights),
+        )
 
 
 def _describe_nonfinite(f: FeatureSpec, i: int, k: int, value: float) -> str:
@@ -361,4 +377,4 @@ def fit_on_batches(transforms: FittedTransforms, batches: Iterable[SetBatch]) ->
             )
         # A constant feature is left centred, not divided by zero.
         stats[name] = {"mean": m.mean, "std": m.std if m.std > 0 else 1.0, "count": m.count}
-    return FittedTransforms(transforms.raw_features, transforms.features, stats)
+    return FittedTransforms(transforms.raw_features, transforms.features, stats, transforms.weights)

@@ -8,6 +8,7 @@ Cross-field rules live beside the fields they join.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -287,6 +288,56 @@ class ShuffleSpec(StrictModel):
     seed: int = Field(default=0, description="Seed for file order and the buffer.")
 
 
+class ReweightSpec(StrictModel):
+    """Histogram reweighting of classes onto a reference distribution (weaver's
+    reweight_vars / reweight_classes), fitted in the streaming pass over the training data."""
+
+    vars: dict[str, list[float]] = Field(
+        description="One or two set-level numeric columns, each with its bin edges (at least "
+        "two, increasing); values outside the edges count in the first or last bin.",
+        json_schema_extra={"examples": [{"jet_pt": [500, 550, 600, 700], "jet_eta": [-2, 0, 2]}]},
+    )
+    classes: list[int] | None = Field(
+        default=None,
+        description="The classes reweighted onto the reference (default: every class); the "
+        "others keep a factor of 1.",
+    )
+    reference: int | Literal["flat"] = Field(
+        default="flat",
+        description="The class whose (normalised) histogram the others are reweighted onto, or "
+        "flat: the same weight in every bin.",
+    )
+    max_weight: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="Cap on a bin's factor reference/own (an almost empty bin would otherwise "
+        "dominate the loss).",
+    )
+
+    @field_validator("vars")
+    @classmethod
+    def _increasing_edges(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        if not 1 <= len(value) <= 2:
+            raise ValueError(
+                f"{len(value)} variables given; reweighting fills 1-D or 2-D histograms: name "
+                "one or two set-level columns, e.g. {jet_pt: [500, 600, 700]}"
+            )
+        for name, edges in value.items():
+            if len(edges) < 2 or any(b <= a for a, b in itertools.pairwise(edges)):
+                raise ValueError(
+                    f"{name}: bin edges {edges} must be at least two strictly increasing "
+                    "numbers, e.g. [500, 550, 600, 700]"
+                )
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            _distinct([str(c) for c in value], "class")
+        return value
+
+
 class DataSpec(StrictModel):
     """Where the sets are and how a row maps to one set."""
 
@@ -311,6 +362,16 @@ class DataSpec(StrictModel):
     )
     key: str | None = Field(
         default=None, description="Row key column kept beside predictions (query id, event id)."
+    )
+    weight: str | None = Field(
+        default=None,
+        description="Set-level weight column (a finite number >= 0 per row): weights the loss "
+        "and every metric; the unweighted metrics are logged beside them (<name>_unweighted).",
+    )
+    reweight: ReweightSpec | None = Field(
+        default=None,
+        description="Classify: reweight classes onto a reference distribution in one or two "
+        "set-level variables (histograms fitted on the training data, saved with the model).",
     )
     batch: BatchSpec = Field(default_factory=BatchSpec, description="Batching by element budget.")
     augment: list[AugmentOp] = Field(
@@ -793,6 +854,35 @@ class ModelSpec(StrictModel):
         "measured against, each other class being a signal (default: 0 when binary; needed "
         "for rejection with 3 or more classes).",
     )
+    class_weights: Literal["balanced"] | list[Annotated[float, Field(ge=0.0)]] | None = Field(
+        default=None,
+        description="Classify: a weight per class multiplying each set's weight in the loss and "
+        "metrics; balanced: n / (num_classes * n_c), counted in the pass over the training data "
+        "that fits the transforms and saved with them.",
+        json_schema_extra={"examples": ["balanced", [1.0, 2.5]]},
+    )
+
+    @model_validator(mode="after")
+    def _class_weights_fit(self) -> ModelSpec:
+        weights = self.class_weights
+        if weights is None:
+            return self
+        if self.task != "classify":
+            raise ValueError(
+                "model.class_weights is only for one classify head (model.task: classify), not "
+                f"{self.task or 'model.heads'}; remove it"
+            )
+        if isinstance(weights, list):
+            if self.num_classes is not None and len(weights) != self.num_classes:
+                raise ValueError(
+                    f"model.class_weights has {len(weights)} entries but num_classes is "
+                    f"{self.num_classes}; give one weight per class or write balanced"
+                )
+            if not any(w > 0 for w in weights):
+                raise ValueError(
+                    "model.class_weights are all 0: no set would count; give positive weights"
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_head_or_heads(self) -> ModelSpec:
@@ -1153,6 +1243,23 @@ class JobSpec(StrictModel):
                 "train.grad_element_budget needs a mini-batch consistent encoder (deepsets, umbc); "
                 "set_transformer sees whole sets"
             )
+        reweight = data.reweight
+        if reweight is not None:
+            if task != "classify":
+                raise ValueError(
+                    "data.reweight reweights classes: it needs one classify head (model.task: "
+                    f"classify), not {task or 'model.heads'}"
+                )
+            classes = self.model.num_classes or 0
+            listed = [*(reweight.classes or [])]
+            if isinstance(reweight.reference, int):
+                listed.append(reweight.reference)
+            outside = sorted({c for c in listed if not 0 <= c < classes})
+            if outside:
+                raise ValueError(
+                    f"data.reweight names class {', '.join(map(str, outside))}, not a class of "
+                    f"num_classes {classes}; expected 0 to {classes - 1}"
+                )
         if self.train.use_gpu is False and self.train.resources_per_worker.get("GPU", 0) > 0:
             raise ValueError("train.resources_per_worker asks for GPU but train.use_gpu is false")
         return self

@@ -164,6 +164,8 @@ def _noise(
         return "a job with several heads (model.heads) stores no validation outputs yet"
     if job.model.task != "classify":
         return f"the {job.model.task} task stores no validation outputs yet"
+    if job.data.weight or job.data.reweight or job.model.class_weights:
+        return "the validation figures are weighted and the stored outputs carry no weights yet"
     if validation is None:
         return "this run has no validation outputs"
     champion_run = client.get_model_version(job.model_name, champion_version).run_id

@@ -1,6 +1,13 @@
-"""The training objective of each task, on SetModel.forward outputs and a SetBatch."""
+"""The training objective of each task, on SetModel.forward outputs and a SetBatch.
+
+With set weights w (``SetBatch.weights``: data.weight x class weight x reweight factor) each
+loss is the weighted mean sum(w * l) / sum(w) over the sets it averages over; a batch whose
+weights sum to zero has loss 0 (with its graph kept).
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -9,11 +16,14 @@ from setpipe.data.batch import SetBatch
 from setpipe.models.masked import masked_loss
 
 
-def listwise_softmax_loss(scores: torch.Tensor, batch: SetBatch) -> torch.Tensor:
+def listwise_softmax_loss(
+    scores: torch.Tensor, batch: SetBatch, *, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """ListNet loss: cross-entropy between rel/sum(rel) and the softmax of the set's scores.
 
     scores [E] element scores; batch.element_targets [E] relevance >= 0. Averaged over the
-    sets that hold a relevant element (a set with none carries no ranking signal).
+    sets that hold a relevant element (a set with none carries no ranking signal), weighted
+    by ``weights`` [B] when given.
     """
     set_index = batch.set_index()
     num_sets = batch.num_sets
@@ -32,15 +42,59 @@ def listwise_softmax_loss(scores: torch.Tensor, batch: SetBatch) -> torch.Tensor
     has_relevant = rel_sum > 0
     if not bool(has_relevant.any()):
         return (scores * 0.0).sum()  # keeps the graph (DDP expects a gradient) at zero
-    return per_set[has_relevant].mean()
+    if weights is None:
+        return per_set[has_relevant].mean()
+    return weighted_mean(per_set[has_relevant], weights[has_relevant], scores)
 
 
-def task_loss(task: str, outputs: torch.Tensor, batch: SetBatch) -> torch.Tensor:
-    """Mean loss over the batch's sets: cross-entropy, MSE, or the listwise loss."""
+def weighted_mean(
+    per_set: torch.Tensor, weights: torch.Tensor, outputs: torch.Tensor
+) -> torch.Tensor:
+    """sum(w * l) / sum(w) in float32 at least; 0 (graph kept) when sum(w) is 0."""
+    w = weights.to(per_set.dtype)
+    total = w.sum()
+    if float(total) <= 0:
+        return (outputs.float() * 0.0).sum()
+    return (w * per_set).sum() / total
+
+
+def loss_sets(task: str, batch: SetBatch, *, weights: torch.Tensor | None = None) -> float:
+    """What ``task_loss`` divides by: the sets it averages over (for the listwise loss those
+    holding a relevant element), or their weights' sum. Accumulating batches, batch i's loss
+    times loss_sets_i / sum(loss_sets) sums to the loss of the combined batch."""
+    counted = torch.ones(batch.num_sets, device=batch.offsets.device)
+    if task == "rank":
+        relevance = batch.element_targets.float().clamp_min(0)
+        per_set = relevance.new_zeros(batch.num_sets).index_add(0, batch.set_index(), relevance)
+        counted = (per_set > 0).float()
+    if weights is not None:
+        counted = counted * weights.float()
+    return float(counted.sum())
+
+
+def task_loss(
+    task: str,
+    outputs: torch.Tensor,
+    batch: SetBatch,
+    *,
+    weights: torch.Tensor | Literal["batch"] | None = "batch",
+) -> torch.Tensor:
+    """Mean loss over the batch's sets: cross-entropy, MSE, or the listwise loss; with set
+    weights [B] the weighted mean sum(w * l) / sum(w). ``weights``: "batch" (the default)
+    takes ``batch.weights`` (None when the job declares no weights), None asks for the
+    unweighted mean, a tensor gives them."""
+    if isinstance(weights, str):
+        weights = batch.weights
     if task == "pretrain_masked":
         return masked_loss(outputs)  # its targets are the elements: no label, no set weight
     if task == "classify":
-        return F.cross_entropy(outputs.float(), batch.targets.long())
+        if weights is None:
+            return F.cross_entropy(outputs.float(), batch.targets.long())
+        per_set = F.cross_entropy(outputs.float(), batch.targets.long(), reduction="none")
+        return weighted_mean(per_set, weights, outputs)
     if task == "regress":
-        return F.mse_loss(outputs.float().reshape(-1), batch.targets.float())
-    return listwise_softmax_loss(outputs, batch)
+        if weights is None:
+            return F.mse_loss(outputs.float().reshape(-1), batch.targets.float())
+        per_set = F.mse_loss(outputs.float().reshape(-1), batch.targets.float(), reduction="none")
+        return weighted_mean(per_set, weights, outputs)
+    return listwise_softmax_loss(outputs, batch, weights=weights)

@@ -16,6 +16,14 @@ are joined by a straight line, read at the target. ε_B is floored at one backgr
 (1 / n_B), so a perfect separation reads n_B, never infinity. Test figures get a bootstrap
 σ (``test_auc_sigma``...; 200 seeded resamples, ``setpipe.train.bootstrap``).
 
+Set weights (``SetBatch.weights``: data.weight x class weight x reweight factor) weight every
+figure: accuracy, the losses, rmse and the per-set nDCG/MRR are weighted means; the ROC curve
+behind AUC and rejection sums weights, not counts (the AUC is scikit-learn's ``roc_auc_score``
+with ``sample_weight``); the bootstrap resamples sets with their weights. Rejection's floor
+stays one background set: 1 / (background sets of positive weight). When a split's sets carry
+weights, ``Evaluation`` reports the weighted figures under the usual names and the unweighted
+ones beside them as ``<name>_unweighted`` (val_auc, val_auc_unweighted).
+
 Across Ray Train ranks, every rank gathers all predictions (``all_gather_object``) and
 computes the same figures, so every rank takes the same early-stopping decision.
 """
@@ -30,16 +38,30 @@ import torch
 
 from setpipe.spec.models import TASK_METRICS, Task
 from setpipe.train import bootstrap
+from setpipe.train.losses import loss_sets, task_loss
 
 NDCG_K = 10
 """k of ``<split>_ndcg`` (nDCG@10): the first page of a re-ranked list."""
 
 
-def accuracy(probabilities: np.ndarray, targets: np.ndarray) -> float:
-    """Fraction of sets whose most probable class is the target. probabilities [N, C]."""
+def accuracy(
+    probabilities: np.ndarray, targets: np.ndarray, weights: np.ndarray | None = None
+) -> float:
+    """(Weighted) fraction of sets whose most probable class is the target. probabilities
+    [N, C]; weights [N] or None."""
     if len(targets) == 0:
         return math.nan
-    return float(np.mean(np.argmax(probabilities, axis=1) == targets))
+    hit = np.argmax(probabilities, axis=1) == targets
+    return _mean(hit, weights)
+
+
+def _mean(values: np.ndarray, weights: np.ndarray | None) -> float:
+    """Plain or weighted mean; NaN when the weights sum to 0."""
+    if weights is None:
+        return float(np.mean(values))
+    w = np.asarray(weights, dtype=np.float64)
+    total = w.sum()
+    return float(w @ np.asarray(values, dtype=np.float64) / total) if total > 0 else math.nan
 
 
 def _binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -59,18 +81,32 @@ def _binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def roc_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
+def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> float:
+    return float(_auc_rows(*roc_rows(scores, positive, weights)[:2])[0])
+
+
+def roc_auc(
+    probabilities: np.ndarray, targets: np.ndarray, weights: np.ndarray | None = None
+) -> float:
     """ROC AUC: binary = AUC of the class-1 probability; multiclass = macro one-vs-rest.
 
-    probabilities [N, C] (C >= 2), targets [N] int class ids. NaN where undefined
-    (a class absent from targets).
+    probabilities [N, C] (C >= 2), targets [N] int class ids, weights [N] set weights or None.
+    NaN where undefined (a class absent from targets, or of zero weight).
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets)
+    if weights is None:
+        auc = _binary_auc
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+
+        def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+            return _weighted_auc(scores, positive, w)
+
     if probabilities.shape[1] == 2:
-        return _binary_auc(probabilities[:, 1], targets == 1)
+        return auc(probabilities[:, 1], targets == 1)
     classes = range(probabilities.shape[1])
-    per_class = [_binary_auc(probabilities[:, c], targets == c) for c in classes]
+    per_class = [auc(probabilities[:, c], targets == c) for c in classes]
     return float(np.mean(per_class))
 
 
@@ -81,25 +117,36 @@ SIGMA_METRICS = ("auc", "rej30", "rej50")
 
 
 def roc_rows(
-    scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
+    scores: np.ndarray,
+    positive: np.ndarray,
+    weights: np.ndarray,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ε_B [R, K+1], ε_S [R, K+1], background weight [R]) for each row of ``weights``
-    [R, N]: one point per distinct score, highest first, from (0, 0). NaN rows where a
-    row has no positive or no negative weight."""
+    """(ε_B [R, K+1], ε_S [R, K+1], background sets [R]) for each row of ``weights`` [R, N]
+    (bootstrap counts), each set also weighted by ``sample_weight`` [N]: one point per
+    distinct score, highest first, from (0, 0). The third is the count of background sets
+    (of positive sample weight): the rejection floor's one set. NaN rows where a row has no
+    positive or no negative weight."""
     scores = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(positive, dtype=bool)
     order = np.argsort(-scores, kind="mergesort")
     sorted_scores = scores[order]
     last = np.r_[np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), len(scores) - 1]
-    w = np.atleast_2d(weights)[:, order]
+    counts = np.atleast_2d(weights)[:, order]
     pos = positive[order]
+    w = counts
+    background = (counts * ~pos).sum(axis=1)
+    if sample_weight is not None:
+        s = np.asarray(sample_weight, dtype=np.float64)[order]
+        w = counts * s
+        background = (counts * (~pos & (s > 0))).sum(axis=1)
     tp = np.cumsum(w * pos, axis=1)[:, last]
     fp = np.cumsum(w * ~pos, axis=1)[:, last]
     zero = np.zeros((len(w), 1))
     with np.errstate(divide="ignore", invalid="ignore"):
         tpr = np.hstack([zero, tp / tp[:, -1:]])
         fpr = np.hstack([zero, fp / fp[:, -1:]])
-    return fpr, tpr, fp[:, -1]
+    return fpr, tpr, background
 
 
 def _auc_rows(fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
@@ -150,11 +197,14 @@ def metric_rows(
     targets: np.ndarray,
     weights: np.ndarray,
     background_class: int | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """A classify metric (loss, accuracy, auc, rej30, rej50) once per row of per-set
-    ``weights`` [R, N] (bootstrap counts; a row of ones is the plain figure). ``loss`` is
-    the mean negative log-likelihood of the target class."""
-    return metrics_rows((name,), probabilities, targets, weights, background_class)[name]
+    ``weights`` [R, N] (bootstrap counts; a row of ones is the plain figure), each set also
+    weighted by ``sample_weight`` [N] when given. ``loss`` is the mean negative
+    log-likelihood of the target class."""
+    found = metrics_rows((name,), probabilities, targets, weights, background_class, sample_weight)
+    return found[name]
 
 
 def metrics_rows(
@@ -163,13 +213,16 @@ def metrics_rows(
     targets: np.ndarray,
     weights: np.ndarray,
     background_class: int | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """``metric_rows`` for several names at once: each ROC curve is built once and read
     for AUC and every rejection (binary: one curve serves them all)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets)
-    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    total = weights.sum(axis=1)
+    counts = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    s = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    weighted = counts if s is None else counts * s  # accuracy's and the loss's weights
+    total = weighted.sum(axis=1)
     curves: dict[tuple[int, int | None], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def curve(
@@ -177,9 +230,10 @@ def metrics_rows(
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = (signal_class, against)  # against None: the rest (one-vs-rest)
         if key not in curves:
-            w = weights if rows is None else weights[:, rows]
+            w = counts if rows is None else counts[:, rows]
             t = targets if rows is None else targets[rows]
-            curves[key] = roc_rows(score, t == signal_class, w)
+            sw = None if s is None else (s if rows is None else s[rows])
+            curves[key] = roc_rows(score, t == signal_class, w, sw)
         return curves[key]
 
     classes = probabilities.shape[1]
@@ -189,11 +243,11 @@ def metrics_rows(
     out: dict[str, np.ndarray] = {}
     for name in names:
         if name == "accuracy":
-            out[name] = weights @ (np.argmax(probabilities, axis=1) == targets) / total
+            out[name] = weighted @ (np.argmax(probabilities, axis=1) == targets) / total
         elif name == "loss":
             p = probabilities[np.arange(len(targets)), targets]
             with np.errstate(divide="ignore"):
-                out[name] = weights @ -np.log(p) / total
+                out[name] = weighted @ -np.log(p) / total
         elif name == "auc":
             if classes == 2:
                 out[name] = _auc_rows(*curve(1, 0, None, probabilities[:, 1])[:2])
@@ -213,7 +267,7 @@ def metrics_rows(
                 )
                 for c, (rows, score, _) in zip(signals, pairs, strict=False)
             ]
-            out[name] = np.mean(per_class, axis=0) if per_class else np.full(len(weights), np.nan)
+            out[name] = np.mean(per_class, axis=0) if per_class else np.full(len(counts), np.nan)
         else:
             raise ValueError(f"metric_rows: no classify metric {name!r}")
     return out
@@ -224,9 +278,11 @@ def rejection_per_class(
     targets: np.ndarray,
     efficiency: float,
     background_class: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict[int, float]:
-    """{signal class: 1/ε_B at ``efficiency``} against the background (module docstring);
-    NaN where undefined; {} for multi-class without a background class."""
+    """{signal class: 1/ε_B at ``efficiency``} against the background (module docstring),
+    with set ``weights`` [N] when given; NaN where undefined; {} for multi-class without a
+    background class."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets)
     classes = probabilities.shape[1]
@@ -234,8 +290,13 @@ def rejection_per_class(
     signals = [c for c in range(classes) if c != b]
     pairs = signal_pairs(probabilities, targets, background_class)
     ones = np.ones(len(targets))
+    sw = None if weights is None else np.asarray(weights, dtype=np.float64)
     return {
-        c: float(_rejection_rows(*roc_rows(score, signal, ones[rows]), efficiency)[0])
+        c: float(
+            _rejection_rows(
+                *roc_rows(score, signal, ones[rows], None if sw is None else sw[rows]), efficiency
+            )[0]
+        )
         for c, (rows, score, signal) in zip(signals, pairs, strict=False)
     }
 
@@ -245,11 +306,12 @@ def rejection(
     targets: np.ndarray,
     efficiency: float,
     background_class: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> float:
     """Background rejection 1/ε_B at signal efficiency ``efficiency`` (module docstring),
-    averaged over the signal classes; NaN where undefined (no signal or no background, or
-    multi-class without a background class)."""
-    per_class = rejection_per_class(probabilities, targets, efficiency, background_class)
+    averaged over the signal classes, with set ``weights`` [N] when given; NaN where
+    undefined (no signal or no background, or multi-class without a background class)."""
+    per_class = rejection_per_class(probabilities, targets, efficiency, background_class, weights)
     return float(np.mean(list(per_class.values()))) if per_class else math.nan
 
 
@@ -261,12 +323,14 @@ def bootstrap_sigmas(
     *,
     resamples: int = bootstrap.RESAMPLES,
     seed: int = bootstrap.SEED,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Bootstrap standard deviation (ddof 1) of each classify metric over seeded resamples
-    of the sets; resamples where a figure is undefined are left out."""
+    of the sets (each keeping its ``sample_weight``); resamples where a figure is undefined
+    are left out."""
     rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for counts in bootstrap.chunks(len(targets), resamples, seed):
-        found = metrics_rows(names, probabilities, targets, counts, background_class)
+        found = metrics_rows(names, probabilities, targets, counts, background_class, sample_weight)
         for name in names:
             rows[name].append(found[name])
     return {name: _sigma(np.concatenate(parts)) for name, parts in rows.items()}
@@ -297,11 +361,17 @@ def _sigma(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
-def rmse(predictions: np.ndarray, targets: np.ndarray) -> float:
+def rmse(predictions: np.ndarray, targets: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Root of the (weighted) mean squared error; weights [N] or None."""
     if len(targets) == 0:
         return math.nan
-    diff = np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64)
-    return float(np.sqrt(np.mean(diff * diff)))
+    if weights is None:
+        diff = np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64)
+        return float(np.sqrt(np.mean(diff * diff)))
+    diff = np.asarray(predictions, dtype=np.float64).reshape(-1) - np.asarray(
+        targets, dtype=np.float64
+    ).reshape(-1)
+    return float(np.sqrt(_mean(diff * diff, weights)))
 
 
 def _sets(offsets: np.ndarray) -> list[slice]:
@@ -360,6 +430,12 @@ class Evaluation:
         self.sigma = sigma
         """Also report ``<prefix>_<name>_sigma`` (bootstrap) for SIGMA_METRICS (test)."""
         self.loss_sum = 0.0
+        self.loss_norm = 0.0
+        """What ``loss_sum`` is divided by: sets, or their weights' sum (``loss_sets``)."""
+        self.plain_loss_sum = 0.0
+        """Unweighted batch loss x sets, for ``<prefix>_loss_unweighted`` (weighted splits)."""
+        self.weights: list[np.ndarray] = []
+        """Each batch's set weights (``SetBatch.weights``); empty when the sets have none."""
         self.sets = 0
         self.skipped_rows = 0
         """Bad rows the reader dropped from this split (``on_bad_row: skip``)."""
@@ -372,9 +448,19 @@ class Evaluation:
         self.targets: list[np.ndarray] = []
 
     def add(self, outputs: torch.Tensor, batch, loss: float) -> None:  # batch: SetBatch
-        """outputs as SetModel.forward returns them; loss = the batch's mean loss over sets."""
+        """outputs as SetModel.forward returns them; loss = the batch's mean loss over sets
+        (``task_loss``: weighted by ``batch.weights`` when the sets carry weights)."""
         n = batch.num_sets
-        self.loss_sum += loss * n
+        if batch.weights is None:
+            self.loss_sum += loss * n
+            self.loss_norm += n
+        else:
+            norm = loss_sets(self.task, batch, weights=batch.weights)
+            self.loss_sum += loss * norm
+            self.loss_norm += norm
+            plain = task_loss(self.task, outputs.detach(), batch, weights=None)
+            self.plain_loss_sum += float(plain) * n
+            self.weights.append(batch.weights.detach().float().cpu().numpy())
         self.sets += n
         out = outputs.detach().float().cpu()
         finite = torch.isfinite(out)
@@ -410,7 +496,7 @@ class Evaluation:
             return
         mine = (
             self.loss_sum, self.sets, self.parts, self.targets, self.skipped_rows,
-            self.non_finite_sets,
+            self.non_finite_sets, self.loss_norm, self.plain_loss_sum, self.weights,
         )  # fmt: skip
         everyone: list = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
@@ -420,6 +506,9 @@ class Evaluation:
         self.targets = [t for e in everyone for t in e[3]]
         self.skipped_rows = sum(e[4] for e in everyone)
         self.non_finite_sets = sum(e[5] for e in everyone)
+        self.loss_norm = sum(e[6] for e in everyone)
+        self.plain_loss_sum = sum(e[7] for e in everyone)
+        self.weights = [w for e in everyone for w in e[8]]
 
     def predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(probabilities [N, C], targets [N]) for classify, else None."""
@@ -427,24 +516,36 @@ class Evaluation:
             return None
         return np.concatenate(self.parts), np.concatenate(self.targets)
 
+    def set_weights(self) -> np.ndarray | None:
+        """float [N]: the sets' weights in ``predictions`` order, or None without weights."""
+        return np.concatenate(self.weights) if self.weights else None
+
     def compute(self, prefix: str) -> dict[str, float]:
         """``<prefix>_<name>`` for each name of the task in ``TASK_METRICS`` (loss alone when
-        the split held no sets)."""
-        values = {"loss": self.loss_sum / self.sets if self.sets else math.nan}
+        the split held no sets); weighted when the sets carry weights, with the unweighted
+        figures beside them as ``<prefix>_<name>_unweighted``."""
+        names = TASK_METRICS[self.task]
+        weights = self.set_weights()
+        values = {"loss": self.loss_sum / self.loss_norm if self.loss_norm else math.nan}
         if self.parts:
-            values |= self._scores(np.concatenate(self.parts))
-        out = {
-            f"{prefix}_{name}": values[name] for name in TASK_METRICS[self.task] if name in values
-        }
+            values |= self._scores(np.concatenate(self.parts), weights)
+        out = {f"{prefix}_{name}": values[name] for name in names if name in values}
+        if weights is not None:
+            plain = {"loss": self.plain_loss_sum / self.sets if self.sets else math.nan}
+            if self.parts:
+                plain |= self._scores(np.concatenate(self.parts), None)
+            out |= {f"{prefix}_{name}_unweighted": plain[name] for name in names if name in plain}
         if self.sigma and self.task == "classify" and self.parts:
             names = [name for name in SIGMA_METRICS if name in values]
             probabilities, targets = np.concatenate(self.parts), np.concatenate(self.targets)
-            sigmas = bootstrap_sigmas(names, probabilities, targets, self.background_class)
+            sigmas = bootstrap_sigmas(
+                names, probabilities, targets, self.background_class, sample_weight=weights
+            )
             out |= {f"{prefix}_{name}_sigma": value for name, value in sigmas.items()}
             b = self.background_class
             if probabilities.shape[1] > 2 and b is not None:  # JetClass-style, per class
                 for name, efficiency in SIGNAL_EFFICIENCY.items():
-                    per_class = rejection_per_class(probabilities, targets, efficiency, b)
+                    per_class = rejection_per_class(probabilities, targets, efficiency, b, weights)
                     out |= {f"{prefix}_{name}_class{c}": v for c, v in per_class.items()}
         return out
 
@@ -454,13 +555,16 @@ class Evaluation:
         extra = {f"{prefix}_{name}": value for name, value in self.extra.items()}
         return {f"{prefix}_skipped_rows": float(self.skipped_rows)} | extra
 
-    def _scores(self, parts: np.ndarray) -> dict[str, float]:
+    def _scores(self, parts: np.ndarray, weights: np.ndarray | None) -> dict[str, float]:
         if self.task == "classify":
             targets = np.concatenate(self.targets)
-            scores = {"accuracy": accuracy(parts, targets), "auc": roc_auc(parts, targets)}
+            scores = {
+                "accuracy": accuracy(parts, targets, weights),
+                "auc": roc_auc(parts, targets, weights),
+            }
             if parts.shape[1] == 2 or self.background_class is not None:
                 scores |= {
-                    name: rejection(parts, targets, efficiency, self.background_class)
+                    name: rejection(parts, targets, efficiency, self.background_class, weights)
                     for name, efficiency in SIGNAL_EFFICIENCY.items()
                 }
             return scores
@@ -468,5 +572,5 @@ class Evaluation:
             sse, count = parts.sum(axis=0)
             return {"masked_mse": float(sse / count) if count else math.nan}
         if self.task == "regress":
-            return {"rmse": rmse(parts, np.concatenate(self.targets))}
-        return {"ndcg": float(parts[:, 0].mean()), "mrr": float(parts[:, 1].mean())}
+            return {"rmse": rmse(parts, np.concatenate(self.targets), weights)}
+        return {"ndcg": _mean(parts[:, 0], weights), "mrr": _mean(parts[:, 1], weights)}
