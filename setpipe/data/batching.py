@@ -20,7 +20,6 @@ import torch
 from setpipe.data.bad_rows import check_rows, drop_problem_rows
 from setpipe.data.batch import SetBatch
 from setpipe.data.convert import reweight_values, table_to_batch
-from setpipe.data.reading import iter_tables
 from setpipe.data.transforms import FittedTransforms
 from setpipe.spec.models import DataSpec
 
@@ -178,6 +177,10 @@ def iter_set_batches(
     workers (``get_dataset_shard``: ``streaming_split(equal=True)``) hold equal row
     counts but not equal batch counts; wrap the iterator in ``equalize_batches``.
     """
+    # Ray Data is reached here only: budget_bounds and the buffers above run where Ray is
+    # absent (bench/gpu_check.py on a bare CUDA machine; tests/test_gpu_check.py).
+    from setpipe.data.reading import iter_tables
+
     stats = stats if stats is not None else BatchStats()
     rng = np.random.default_rng([spec.shuffle.seed, epoch])
 
