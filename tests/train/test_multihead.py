@@ -21,9 +21,10 @@ from setpipe.data.batch import SetBatch
 from setpipe.errors import SpecError
 from setpipe.models import build_model
 from setpipe.pipeline import run
+from setpipe.serve.batch_predict import input_spec, output_schema_names, prediction_columns
 from setpipe.spec import dump_job, job_from_dict, load_job
 from setpipe.spec.models import JobSpec
-from setpipe.tracking.pyfunc import load_set_model
+from setpipe.tracking.pyfunc import heads_outputs, load_set_model, non_finite_sets
 from setpipe.train.heads import HeadsEvaluation, model_loss
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,6 +195,32 @@ def test_loss_is_the_weighted_sum_of_the_head_losses(tmp_path: Path) -> None:
         float(F.cross_entropy(outputs["cls"].detach().float(), torch.tensor([0, 1, 1, 0, 1]))),
         rel=1e-6,
     )
+
+
+def test_outputs_per_set_predict_columns_and_non_finite_per_head(tmp_path: Path) -> None:
+    job = job_from_dict(heads_job(tmp_path, tmp_path))
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]], dtype=torch.float64)
+    out = {"cls": logits, "size": torch.tensor([7.5, math.nan])}
+    per_set = heads_outputs(job, out, torch.tensor([0, 3, 5]))
+    assert per_set[0] == {
+        "cls": {"probabilities": pytest.approx([0.25, 0.75], abs=1e-15), "label": 1},
+        "size": {"value": 7.5},
+    }
+    assert per_set[1]["cls"] == {"probabilities": [0.5, 0.5], "label": 0}
+    assert math.isnan(per_set[1]["size"]["value"])
+    # A NaN in any head's output names the set (the server answers 422, predict refuses).
+    assert non_finite_sets(per_set) == [1]
+    assert output_schema_names(job) == ["cls_prob_0", "cls_prob_1", "cls_label", "size_value"]
+    columns = prediction_columns(job, per_set[:1])
+    assert {k: v.to_pylist() for k, v in columns.items()} == {
+        "cls_prob_0": pytest.approx([0.25], abs=1e-15),
+        "cls_prob_1": pytest.approx([0.75], abs=1e-15),
+        "cls_label": [1],
+        "size_value": [7.5],
+    }
+    # predict reads no labels: neither data.label nor the heads' targets.
+    spec = input_spec(job, str(tmp_path))
+    assert spec.set_label_columns == [] and spec.element_label_column is None
 
 
 # --------------------------------------------------------------------------- a whole run
