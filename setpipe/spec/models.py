@@ -983,6 +983,27 @@ class CheckpointSpec(StrictModel):
     keep: PositiveInt = Field(default=2, description="Checkpoints kept (the best is kept too).")
 
 
+class EMASpec(StrictModel):
+    decay: float = Field(
+        default=0.999,
+        gt=0.0,
+        lt=1.0,
+        description="Weight of the old average per optimizer step: ema <- decay * ema + "
+        "(1 - decay) * weights (0.999 averages over ~1000 steps).",
+    )
+    start_step: int = Field(
+        default=0,
+        ge=0,
+        description="Optimizer steps during which the EMA just copies the weights before it "
+        "starts averaging.",
+    )
+    warmup: bool = Field(
+        default=False,
+        description="Decay min(decay, (1 + k) / (10 + k)) at the k-th averaged step, so an "
+        "early average does not remember the initial weights.",
+    )
+
+
 class EarlyStoppingSpec(StrictModel):
     metric: str = Field(default="val_loss", description="Validation metric watched.")
     direction: Literal["minimize", "maximize"] = Field(default="minimize", description="Better.")
@@ -1020,6 +1041,16 @@ class TrainSpec(StrictModel):
         default=None, description="Stop when validation stops improving."
     )
     seed: int = Field(default=0, description="Seed for weights, sampling and data order.")
+    ema: EMASpec | None = Field(
+        default=None,
+        description="Keep an exponential moving average of the weights and use it for "
+        "validation, the best epoch, test scoring and the registered model (none = off).",
+    )
+    accumulate: PositiveInt = Field(
+        default=1,
+        description="Batches per optimizer step (gradient accumulation): the step equals one "
+        "step on the combined batches; the LR schedule counts optimizer steps.",
+    )
 
     @model_validator(mode="after")
     def _budget_fits_chunk(self) -> TrainSpec:

@@ -2,7 +2,9 @@
 
 One checkpoint directory holds:
   weights.pt        model state_dict (the un-wrapped SetModel's keys)
-  best_weights.pt   state_dict of the best validation epoch so far (when there is one)
+  best_weights.pt   state_dict of the best validation epoch so far (when there is one;
+                    with train.ema, the average's)
+  ema.pt            with train.ema: {"weights": the average's state_dict, "updates": count}
   optimizer.pt      optimizer state_dict
   scheduler.pt      LR scheduler state_dict
   rng.pt            torch CPU (+ CUDA) generator states, estimator generator state
@@ -24,6 +26,7 @@ import torch
 
 WEIGHTS = "weights.pt"
 BEST_WEIGHTS = "best_weights.pt"
+EMA_WEIGHTS = "ema.pt"
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -66,6 +69,7 @@ def save_checkpoint(
     model: dict[str, torch.Tensor],
     best_model: dict[str, torch.Tensor] | None,
     optimizer: dict[str, Any],
+    ema: dict[str, Any] | None = None,
     scheduler: dict[str, Any],
     generator: torch.Generator,
     loop: dict[str, Any],
@@ -78,6 +82,8 @@ def save_checkpoint(
     _save(model, path / WEIGHTS)
     if best_model is not None:
         _save(best_model, path / BEST_WEIGHTS)
+    if ema is not None:
+        _save(ema, path / EMA_WEIGHTS)
     _save(optimizer, path / "optimizer.pt")
     _save(scheduler, path / "scheduler.pt")
     tensors, states = rng_state(generator)
@@ -92,9 +98,11 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
     """Everything save_checkpoint wrote, as tensors, dicts and strings."""
     path = Path(directory)
     best = path / BEST_WEIGHTS
+    ema = path / EMA_WEIGHTS
     return {
         "model": _load(path / WEIGHTS),
         "best_model": _load(best) if best.exists() else None,
+        "ema": _load(ema) if ema.exists() else None,
         "optimizer": _load(path / "optimizer.pt"),
         "scheduler": _load(path / "scheduler.pt"),
         "rng": _load(path / "rng.pt"),

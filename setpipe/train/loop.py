@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from setpipe.data import BatchStats, equalize_batches, iter_set_batches, torch_all_reduce_min
+from setpipe.data.batch import SetBatch
 from setpipe.errors import TrainError
 from setpipe.spec import dump_job
 from setpipe.spec.models import JobSpec
@@ -158,16 +159,22 @@ def train_epoch(
     )
     loss_sum, sets, elements = 0.0, 0, 0
     started = time.monotonic()
-    for step, raw in enumerate(batches, start=1):
-        batch = raw.to(worker.device, non_blocking=True)
-        loss = float(train_step(worker, batch))
-        check_loss(worker, loss, batch, epoch, step)
+    step = 0
+    # One optimizer step per train.accumulate batches; every rank sees as many batches
+    # (equalize_batches), so every rank steps at the same batches, the last group too.
+    for group in _groups(batches, job.train.accumulate):
+        group = [raw.to(worker.device, non_blocking=True) for raw in group]
+        losses = train_step(worker, group)
         state.global_step += 1
-        loss_sum += loss * batch.num_sets
-        sets += batch.num_sets
-        elements += batch.num_elements
-        progress.batch(epoch, step, loss_sum / sets, sets * worker.world, started)
-        hooks.on_step(attempt, epoch, step, batch, worker.model)
+        for batch, value in zip(group, losses, strict=True):
+            step += 1
+            loss = float(value)
+            check_loss(worker, loss, batch, epoch, step)
+            loss_sum += loss * batch.num_sets
+            sets += batch.num_sets
+            elements += batch.num_elements
+            progress.batch(epoch, step, loss_sum / sets, sets * worker.world, started)
+            hooks.on_step(attempt, epoch, step, batch, worker.model)
     seconds = time.monotonic() - started
     hooks.on_epoch_end(attempt, epoch, worker.model)
 
@@ -213,7 +220,7 @@ def choose_best(
     )
     if better:
         state.best, state.best_epoch, state.since_best = value, epoch, 0
-        best.weights = worker.weights(copy=True)
+        best.weights = worker.chosen_weights(copy=True)
         best.predictions = validation.predictions() if validation is not None else None
         return f"  [best {monitor}]"
     state.since_best += 1
@@ -239,6 +246,7 @@ def report(
         ckpt.save_checkpoint,
         model=worker.weights(),
         best_model=best.weights,
+        ema=worker.ema.state_dict() if worker.ema is not None else None,
         optimizer=worker.optimizer.state_dict(),
         scheduler=worker.scheduler.state_dict(),
         generator=worker.generator,
@@ -253,10 +261,11 @@ def report(
 def finish(
     loop: LoopConfig, worker: Worker, state: LoopState, best: Best, start_epoch: int
 ) -> dict[str, Any] | None:
-    """Load the chosen weights (the best epoch's, else the last), score them on test, and
-    return rank 0's outcome (None on the other ranks)."""
-    final = best.weights or worker.weights()
-    worker.model.load_state_dict(final)
+    """Load the chosen weights (the best epoch's, else the last; the EMA's with train.ema)
+    into the evaluated model, score them on test, and return rank 0's outcome (None on the
+    other ranks)."""
+    final = best.weights or worker.chosen_weights()
+    worker.eval_model.load_state_dict(final)
     test_metrics: dict[str, float] = {}
     if loop.has_test:
         test = evaluate(worker, "test")
@@ -277,6 +286,18 @@ def finish(
         "test_metrics": test_metrics,
         "val_predictions": predictions,
     }
+
+
+def _groups(batches: Iterable[SetBatch], size: int) -> Iterator[list[SetBatch]]:
+    """Consecutive lists of ``size`` batches; the last may be shorter."""
+    group: list[SetBatch] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -302,6 +323,9 @@ def restore(loop: LoopConfig, worker: Worker) -> tuple[LoopState, Best]:
     worker.model.load_state_dict(saved["model"])
     worker.optimizer.load_state_dict(saved["optimizer"])
     worker.scheduler.load_state_dict(saved["scheduler"])
+    if worker.ema is not None:
+        # A checkpoint without one (no train.ema when it was written) restarts the average.
+        worker.ema.load_state_dict(saved["ema"] or {"weights": saved["model"], "updates": 0})
     ckpt.set_rng_state(saved["rng"], saved["loop"].pop("rng"), worker.generator)
     return LoopState(**saved["loop"]), Best(weights=saved["best_model"])
 
@@ -342,7 +366,8 @@ class Progress:
     def __init__(self, loop: LoopConfig, rank: int, every_s: float = 10.0) -> None:
         self.enabled = loop.progress and rank == 0
         self.epochs = loop.job.train.epochs
-        self.steps_per_epoch = max(1, loop.total_steps // self.epochs)
+        # total_steps counts optimizer steps; the batch lines count batches.
+        self.steps_per_epoch = max(1, loop.total_steps // self.epochs) * loop.job.train.accumulate
         self.every_s = every_s
         self.last = time.monotonic()
 

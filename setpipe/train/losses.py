@@ -16,6 +16,12 @@ from setpipe.data.batch import SetBatch
 from setpipe.models.masked import masked_loss
 
 
+def _wide(outputs: torch.Tensor) -> torch.Tensor:
+    """float32 for the loss (autocast's half outputs widened), float64 kept as it is (the
+    float64 tests compare training steps to 1e-12)."""
+    return outputs if outputs.dtype == torch.float64 else outputs.float()
+
+
 def listwise_softmax_loss(
     scores: torch.Tensor, batch: SetBatch, *, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -27,7 +33,7 @@ def listwise_softmax_loss(
     """
     set_index = batch.set_index()
     num_sets = batch.num_sets
-    scores = scores.float()
+    scores = _wide(scores)
     # Per-set log-softmax, shifted by the set max so exp() cannot overflow.
     set_max = scores.new_full((num_sets,), -torch.inf).scatter_reduce(
         0, set_index, scores.detach(), reduce="amax", include_self=True
@@ -54,7 +60,7 @@ def weighted_mean(
     w = weights.to(per_set.dtype)
     total = w.sum()
     if float(total) <= 0:
-        return (outputs.float() * 0.0).sum()
+        return (_wide(outputs) * 0.0).sum()
     return (w * per_set).sum() / total
 
 
@@ -89,12 +95,12 @@ def task_loss(
         return masked_loss(outputs)  # its targets are the elements: no label, no set weight
     if task == "classify":
         if weights is None:
-            return F.cross_entropy(outputs.float(), batch.targets.long())
-        per_set = F.cross_entropy(outputs.float(), batch.targets.long(), reduction="none")
+            return F.cross_entropy(_wide(outputs), batch.targets.long())
+        per_set = F.cross_entropy(_wide(outputs), batch.targets.long(), reduction="none")
         return weighted_mean(per_set, weights, outputs)
     if task == "regress":
         if weights is None:
-            return F.mse_loss(outputs.float().reshape(-1), batch.targets.float())
-        per_set = F.mse_loss(outputs.float().reshape(-1), batch.targets.float(), reduction="none")
+            return F.mse_loss(_wide(outputs).reshape(-1), batch.targets.float())
+        per_set = F.mse_loss(_wide(outputs).reshape(-1), batch.targets.float(), reduction="none")
         return weighted_mean(per_set, weights, outputs)
     return listwise_softmax_loss(outputs, batch, weights=weights)

@@ -105,7 +105,8 @@ def loop_config(
     if spec.workers == 0:
         checkpoint_dir = run_dir / "local_checkpoints"
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = estimate_steps(datasets["train"], job.data, max(1, spec.workers))
+    batches_per_epoch = estimate_steps(datasets["train"], job.data, max(1, spec.workers))
+    steps_per_epoch = math.ceil(batches_per_epoch / spec.accumulate)  # optimizer steps
     return LoopConfig(
         job=job,
         transforms=transforms.to_dict(),

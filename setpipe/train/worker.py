@@ -2,14 +2,16 @@
 
 ``build_worker`` makes them the same way on every rank (one seed: identical initial
 weights; DDP keeps them identical after every step). ``train_step`` is one optimizer step
-on one batch; ``evaluate`` is one pass over this rank's shard of a split, gathered so that
-every rank holds every rank's outputs.
+on train.accumulate batches (then the weights' EMA moves, when train.ema asks for one);
+``evaluate`` is one pass of the evaluated model (the EMA, else the trained one) over this
+rank's shard of a split, gathered so that every rank holds every rank's outputs.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,9 @@ from setpipe.data.batch import SetBatch
 from setpipe.errors import TrainError
 from setpipe.models import build_model
 from setpipe.spec.models import JobSpec
+from setpipe.train.ema import EMA
 from setpipe.train.heads import HeadsEvaluation, evaluation_for, model_loss
+from setpipe.train.losses import loss_sets
 from setpipe.train.metrics import Evaluation
 from setpipe.train.optim import build_optimizer, build_scheduler
 
@@ -49,11 +53,22 @@ class Worker:
     scaler: torch.amp.GradScaler
     generator: torch.Generator
     """Draws of the gradient estimator and of augmentation (seeded per epoch by the loop)."""
+    ema: EMA | None = None
+    """The weights' moving average (train.ema), updated after every optimizer step."""
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation, the best epoch, test scoring and registration use: the EMA's
+        averaged model when train.ema is set, else the trained model."""
+        return self.ema.model if self.ema is not None else self.model
 
     def weights(self, *, copy: bool = False) -> dict[str, torch.Tensor]:
-        """The model's state dict on the CPU; ``copy``: cloned, safe from later steps."""
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        return {k: v.clone() for k, v in state.items()} if copy else state
+        """The trained model's state dict on the CPU; ``copy``: cloned, safe from later steps."""
+        return _cpu_state(self.model, copy=copy)
+
+    def chosen_weights(self, *, copy: bool = False) -> dict[str, torch.Tensor]:
+        """``eval_model``'s state dict on the CPU (the EMA's when there is one)."""
+        return _cpu_state(self.eval_model, copy=copy)
 
     def sum_across(self, values: list[float]) -> list[float]:
         """Each value summed over all ranks."""
@@ -101,11 +116,49 @@ def build_worker(job: JobSpec, transforms: dict[str, Any], total_steps: int) -> 
         # fp16 autocast needs loss scaling; bf16 and fp32 do not.
         scaler=torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported()),
         generator=torch.Generator(),
+        # A copy of the initial weights, made after DDP's wrapper so it is on the device.
+        ema=EMA(model, spec.ema) if spec.ema is not None else None,
     )
 
 
-def train_step(worker: Worker, batch: SetBatch) -> torch.Tensor:
-    """One optimizer step on ``batch`` (on the device); returns its mean loss, detached."""
+def train_step(worker: Worker, batches: Sequence[SetBatch]) -> list[torch.Tensor]:
+    """One optimizer step on ``batches`` (on the device; train.accumulate of them, fewer at
+    an epoch's end), equal to one step on their concatenation. Returns each batch's mean
+    loss, detached.
+
+    The task loss is a mean over sets (over the sets with a relevant element for the
+    listwise loss; a weighted mean with set weights), so batch i's loss (with the encoder's
+    regulariser, if any) is weighted by its share n_i / sum(n) of those sets (of their
+    weights) before its backward: the summed gradient is then the combined batch's. Under
+    DDP the inner backwards run in ``no_sync`` (no all-reduce); the last one all-reduces
+    the sum.
+    """
+    job, spec = worker.job, worker.job.train
+    counts = [_loss_sets(job.model.task, batch) for batch in batches]
+    total = sum(counts)
+    worker.optimizer.zero_grad(set_to_none=True)
+    losses = []
+    for i, batch in enumerate(batches):
+        inner = i < len(batches) - 1 and worker.world > 1
+        with worker.ddp_model.no_sync() if inner else nullcontext():
+            loss = _batch_loss(worker, batch)
+            # total 0 (listwise, no relevant element anywhere): the zero loss keeps its graph.
+            share = counts[i] / total if total else 0.0
+            worker.scaler.scale(loss * share).backward()
+        losses.append(loss.detach())
+    if spec.grad_clip is not None:
+        worker.scaler.unscale_(worker.optimizer)
+        nn.utils.clip_grad_norm_(worker.model.parameters(), spec.grad_clip)
+    worker.scaler.step(worker.optimizer)
+    worker.scaler.update()
+    worker.scheduler.step()
+    if worker.ema is not None:
+        worker.ema.update(worker.model)
+    return losses
+
+
+def _batch_loss(worker: Worker, batch: SetBatch) -> torch.Tensor:
+    """``batch``'s mean task loss through the training forward (augmented, estimated)."""
     job, spec = worker.job, worker.job.train
     if job.data.augment:
         batch = augment_batch(batch, job.data.augment, job.data.feature_names, worker.generator)
@@ -120,16 +173,22 @@ def train_step(worker: Worker, batch: SetBatch) -> torch.Tensor:
     # Regularisers the encoder added in this forward (pooling lcm: associativity).
     take_aux = getattr(getattr(worker.model, "encoder", None), "take_aux_loss", None)
     aux = take_aux() if take_aux is not None else None
-    loss = loss if aux is None else loss + aux
-    worker.optimizer.zero_grad(set_to_none=True)
-    worker.scaler.scale(loss).backward()
-    if spec.grad_clip is not None:
-        worker.scaler.unscale_(worker.optimizer)
-        nn.utils.clip_grad_norm_(worker.model.parameters(), spec.grad_clip)
-    worker.scaler.step(worker.optimizer)
-    worker.scaler.update()
-    worker.scheduler.step()
-    return loss.detach()
+    return loss if aux is None else loss + aux
+
+
+def _loss_sets(task: str | None, batch: SetBatch) -> float:
+    """What ``batch``'s loss divides by (``losses.loss_sets``: its sets, for the listwise loss
+    those holding a relevant element, or their weights' sum); for masked pretraining the sets
+    of 2 or more elements (those that get a masked element). Several heads (task None): all
+    sets or their weights, exact while every head is a set-level one."""
+    if task == "pretrain_masked":
+        return float((batch.sizes() >= 2).sum())
+    return loss_sets(task or "set-level", batch, weights=batch.weights)
+
+
+def _cpu_state(model: nn.Module, *, copy: bool) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {k: v.clone() for k, v in state.items()} if copy else state
 
 
 def evaluate(worker: Worker, split: str) -> Evaluation | HeadsEvaluation:
@@ -140,10 +199,11 @@ def evaluate(worker: Worker, split: str) -> Evaluation | HeadsEvaluation:
     shard = ray.train.get_dataset_shard(split)
     evaluation = evaluation_for(job.model, sigma=split == "test")
     reading = BatchStats()
-    worker.model.eval()
+    model = worker.eval_model
+    model.eval()
     # pooling lcm: how far chunking moves the pooled vector (the operator is learned, so
     # chunked and whole sets agree only as far as it is associative).
-    encoder = getattr(worker.model, "encoder", None)
+    encoder = getattr(model, "encoder", None)
     partition = encoder.partition_error if getattr(encoder, "logs_partition_error", False) else None
     partition_sum, partition_sets = 0.0, 0
     with torch.no_grad():
@@ -152,14 +212,15 @@ def evaluate(worker: Worker, split: str) -> Evaluation | HeadsEvaluation:
             batch = batch.to(worker.device)
             with _autocast(worker):
                 # Constant memory in the set size for MBC encoders; whole sets otherwise.
-                outputs = worker.model.predict_chunked(batch, job.train.chunk_size)
+                outputs = model.predict_chunked(batch, job.train.chunk_size)
             loss = model_loss(job.model, outputs, batch)
             evaluation.add(outputs, batch, float(loss))
             if partition is not None:
                 errors = partition(batch)
                 partition_sum += float(errors.double().sum())
                 partition_sets += errors.numel()
-    worker.model.train()
+    if model is worker.model:
+        model.train()  # the EMA's model stays in eval mode
     evaluation.skipped_rows = reading.skipped_rows
     evaluation.gather()
     if partition is not None:
