@@ -88,9 +88,10 @@ def _trace(
         return
     # The exporter prints its progress to stdout and logs warnings about optional
     # torchvision ops; an export is one line of setpipe's, not forty of torch's.
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
         with (
             contextlib.redirect_stdout(io.StringIO()),
@@ -109,7 +110,8 @@ def _trace(
                 verbose=False,
             )
     finally:
-        quiet.setLevel(level)
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 def export_graphs(

@@ -127,11 +127,11 @@ def _drive(directory: Path, values: np.ndarray, chunk: int) -> np.ndarray:
     return finalize.run(None, dict(zip(names, state, strict=True)))[0]
 
 
-@pytest.mark.parametrize("encoder", ["umbc_set_softmax", "deepsets"])
-def test_chunked_export_streams_a_set_equal_to_whole_set_inference(
-    encoder: str, tmp_path: Path
-) -> None:
-    model = make(encoder, "classify", context=0)
+def test_chunked_export_streams_a_set_equal_to_whole_set_inference(tmp_path: Path) -> None:
+    # UMBC with the exact set softmax: the state carries a running max (merged log-sum-exp
+    # style) besides the sums, the hardest state to stream; DeepSets streams in the round
+    # trips above and in the CLI test's 20000-element parity.
+    model = make("umbc_set_softmax", "classify", context=0)
     export(model, "onnx", tmp_path, context=0)
     b = batch([30_000], context=0, seed=3)
     with torch.inference_mode():

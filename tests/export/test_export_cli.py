@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from setpipe.cli import main
 from setpipe.data.batch import SetBatch
 from setpipe.data.transforms import FittedTransforms, fit_on_batches
-from setpipe.export import ExportedModel
+from setpipe.errors import ExportError
+from setpipe.export import ExportedModel, export_model
 from setpipe.export.parity import relative
 from setpipe.export.serving import load_onnx_model
 from setpipe.models import build_model
@@ -147,6 +148,25 @@ def test_export_command_writes_logs_and_refuses_to_overwrite(
             )
             <= 1e-5
         )
+
+    # Above the tolerance the export fails, writes nothing, and says so in MLflow
+    # (a float64-accumulating graph differs from float32 PyTorch by ~1e-7, not 1e-12).
+    strict = tmp_path / "strict"
+    with pytest.raises(ExportError) as err:
+        export_model(
+            "models:/t-export/1", "torch-export", strict, tracking_uri=store,
+            sizes=(1, 10), chunked_size=100, tolerance=1e-12,
+        )  # fmt: skip
+    assert str(err.value).startswith(
+        "models:/t-export/1: the torch-export export differs from PyTorch above 1e-12 "
+        "(max |Δ| / max |ref|): "
+    )
+    assert f"nothing was written to {strict}" in str(err.value)
+    assert not strict.exists()
+    run = client.get_run(run_id)
+    assert run.data.tags["export.torch_export.parity"] == "failed"
+    assert run.data.metrics["export.torch_export.rel_max"] > 1e-12
+    assert "setpipe.export.torch-export" not in client.get_model_version("t-export", "1").tags
 
     # A second export into the same directory is refused, and changes nothing.
     before = (out / "export.json").read_text()
