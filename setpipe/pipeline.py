@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from setpipe import attempts
-from setpipe.spec.models import JobSpec
+from setpipe.spec.models import InitFromSpec, JobSpec
 
 if TYPE_CHECKING:
     from setpipe.data.batch import SetBatch
     from setpipe.data.transforms import FittedTransforms
+    from setpipe.tracking.init_from import InitSource
     from setpipe.train.trainer import TrainOutcome
 
 
@@ -127,12 +128,14 @@ def train(
     inputs: Inputs | None = None,
     run_id: str | None = None,
     ray_run: str | None = None,
+    init: InitSource | None = None,
 ) -> Trained:
     """Train ``job`` on Ray Train and return the outcome; nothing is registered.
 
     ``run_id``: the MLflow run rank 0 logs each epoch to (None: no MLflow at all).
     ``ray_run``: the Ray run name under ``<workdir>/ray_results`` (default: the job's name);
     a name that has checkpoints resumes from the latest.
+    ``init``: model.init_from already resolved (None: resolved here, when the job has one).
     """
     from functools import partial
 
@@ -143,6 +146,7 @@ def train(
     inputs = inputs or read_inputs(job, address=address)
     storage = Path(job.workdir).resolve() / "ray_results"
     name = ray_run or job.name
+    init = init or resolve_init(job, storage / name)
     outcome = fit(
         job,
         # The store is resolved here, on the driver: a worker's cwd and environment differ.
@@ -152,8 +156,20 @@ def train(
         transforms=inputs.transforms,
         datasets=inputs.datasets,
         progress=progress,
+        init=(init.weights, init.resolved) if init else None,
     )
     return Trained(inputs, outcome, storage / name)
+
+
+def resolve_init(job: JobSpec, run_dir: Path) -> InitSource | None:
+    """model.init_from as a weights file in ``run_dir``, resolved once (None: none)."""
+    from setpipe.tracking.init_from import resolve_init_from
+    from setpipe.tracking.store import tracking_uri_for
+
+    spec = job.model.init_from
+    if not isinstance(spec, InitFromSpec):
+        return None
+    return resolve_init_from(spec, tracking_uri_for(job), run_dir)
 
 
 def run(
@@ -164,6 +180,7 @@ def run(
     resume: attempts.ResumeMode = "auto",
 ) -> RunSummary:
     """Train, track, register and gate ``job``: the whole of ``setpipe run``."""
+    from setpipe.tracking.init_from import record_init_from
     from setpipe.tracking.mlflow_run import close_run, log_epoch, log_model, open_run
     from setpipe.tracking.pyfunc import load_set_model
     from setpipe.tracking.registry import register_and_gate
@@ -177,7 +194,12 @@ def run(
     if progress:
         print(f"{attempt.note}: MLflow run {run_id}, Ray run {ray_run}", flush=True)
     try:
-        trained = train(job, progress=progress, inputs=inputs, run_id=run_id, ray_run=ray_run)
+        init = resolve_init(job, Path(job.workdir).resolve() / "ray_results" / ray_run)
+        if init is not None:
+            record_init_from(run_id, tracking_uri_for(job), init)
+        trained = train(
+            job, progress=progress, inputs=inputs, run_id=run_id, ray_run=ray_run, init=init
+        )
         outcome = trained.outcome
         if outcome.test_metrics:
             log_epoch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import time
@@ -23,6 +24,18 @@ def _fraction_pair(text: str) -> tuple[float, float]:
     if val < 0 or test < 0 or val + test >= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: fractions must be >= 0 and sum below 1")
     return val, test
+
+
+def _jet_pt_window(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected MIN,MAX jet pT in GeV, e.g. 300,350"
+        ) from None
+    if not (0 < low < high) or not all(map(math.isfinite, (low, high))):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 < MIN < MAX (GeV), e.g. 300,350")
+    return low, high
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VAL,TEST",
         help="Write train/validation/test subdirs by a stable hash of event_id, e.g. 0.1,0.1 "
         "(default: one directory, for a job with data.split).",
+    )
+    p.add_argument(
+        "--jet-pt",
+        type=_jet_pt_window,
+        default=(500.0, 550.0),
+        metavar="MIN,MAX",
+        help="Leading-jet pT window in GeV (default 500,550, the benchmark's); another "
+        "window makes a shifted sample, e.g. to fine-tune on.",
     )
 
     p = kind("digits", "scikit-learn's handwritten digits as point sets (list<struct>)")
@@ -106,11 +127,14 @@ def _generate(args: argparse.Namespace, out: Path) -> dict[str, list[Path]]:
 
         if args.num_jets < 1:
             raise DataError(f"--num-jets must be at least 1, got {args.num_jets}")
+        window = args.jet_pt
         if args.split is None:
-            written = {"all": generate_pythia_jets(out, args.num_jets, args.workers, args.seed)}
+            written = {
+                "all": generate_pythia_jets(out, args.num_jets, args.workers, args.seed, window)
+            }
         else:
             raw = out / "_generated"
-            files = generate_pythia_jets(raw, args.num_jets, args.workers, args.seed)
+            files = generate_pythia_jets(raw, args.num_jets, args.workers, args.seed, window)
             written = split_by_key(files, out, "event_id", *args.split, prefix="pythia")
             shutil.rmtree(raw)
     elif args.kind == "digits":

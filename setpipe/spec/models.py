@@ -846,6 +846,19 @@ class ModelSpec(StrictModel):
         description="Task pretrain_masked: the masking (default mask_fraction 0.3) and the "
         "decoder.",
     )
+    init_from: InitFromSpec | str | None = Field(
+        default=None,
+        description="Start from another model's weights: a URI or path (every parameter), or "
+        "{uri, parts} to load some parts, e.g. an encoder trained under another head. "
+        "Resolved once when the run starts; a resumed run continues from its own checkpoint.",
+    )
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from_form(cls, value: InitFromSpec | str | None) -> InitFromSpec | None:
+        # One form downstream: a bare URI is {uri: URI} (every parameter).
+        return InitFromSpec(uri=value) if isinstance(value, str) else value
+
     num_classes: int | None = Field(default=None, ge=2, description="Classes, for classify.")
     background_class: int | None = Field(
         default=None,
@@ -1041,6 +1054,17 @@ class TrainSpec(StrictModel):
         default=None, description="Stop when validation stops improving."
     )
     seed: int = Field(default=0, description="Seed for weights, sampling and data order.")
+    freeze: list[Part] = Field(
+        default_factory=list,
+        description="Parts not trained (fine-tuning): encoder, head or a parameter-name prefix; "
+        "their weights stay as loaded and the optimizer never sees them.",
+    )
+    lr_multipliers: dict[str, Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=dict,
+        description="Per-part learning rates as multiples of optimizer.lr, e.g. {encoder: 0.1}; "
+        "the longest matching prefix wins, the rest run at 1. The LR schedule scales each alike.",
+        json_schema_extra={"examples": [{"encoder": 0.1, "head": 1.0}]},
+    )
     ema: EMASpec | None = Field(
         default=None,
         description="Keep an exponential moving average of the weights and use it for "
@@ -1051,6 +1075,22 @@ class TrainSpec(StrictModel):
         description="Batches per optimizer step (gradient accumulation): the step equals one "
         "step on the combined batches; the LR schedule counts optimizer steps.",
     )
+
+    @field_validator("freeze")
+    @classmethod
+    def _distinct_freeze(cls, value: list[str]) -> list[str]:
+        return _distinct(value, "part")
+
+    @field_validator("lr_multipliers")
+    @classmethod
+    def _part_names(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name in value if not re.match(PART_PATTERN, name)]
+        if bad:
+            raise ValueError(
+                f"{', '.join(map(repr, bad))}: expected a part (encoder, head) or a "
+                "parameter-name prefix such as encoder.embed.0"
+            )
+        return value
 
     @model_validator(mode="after")
     def _budget_fits_chunk(self) -> TrainSpec:

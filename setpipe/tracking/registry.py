@@ -44,6 +44,8 @@ DIGEST_TAG = "data.validation.digest"
 CHALLENGER = "challenger"
 METRIC_TAG = "setpipe.metric"
 METRIC_NAME_TAG = "setpipe.metric_name"
+INIT_FROM_TAG = "setpipe.init_from"
+"""Run tags ``setpipe.init_from*`` (``tracking.init_from``) copied onto the version."""
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,9 @@ def register_and_gate(
         else None
     )
     tags = {METRIC_NAME_TAG: metric, "setpipe.job": job.name}
+    # Where the weights started (model.init_from), as recorded on the run.
+    run_tags = client.get_run(run_id).data.tags
+    tags |= {k: v for k, v in run_tags.items() if k.startswith(INIT_FROM_TAG)}
     if metric_value is not None:
         tags[METRIC_TAG] = repr(float(metric_value))
     # The store's files, not the models:/m-... URI: given that, MLflow's sqlalchemy registry

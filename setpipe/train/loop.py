@@ -63,6 +63,11 @@ class LoopConfig:
     """Checkpoints kept in ``checkpoint_dir`` (Ray keeps the others' by its CheckpointConfig)."""
     progress: bool
     """Rank 0 prints a line per epoch and a batch line at most every 10 s."""
+    init_weights: str | None = None
+    """model.init_from resolved on the driver to a state-dict file every worker can read
+    (under the Ray run directory); None: no init_from."""
+    init_source: str | None = None
+    """What ``init_weights`` was resolved from (models:/NAME/VERSION, a path), for messages."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``train_loop_config`` (the job as JSON)."""
@@ -107,7 +112,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     loop = LoopConfig.from_dict(config["config"])
     log_epoch: EpochLog | None = config.get("log_epoch")
     hooks: LoopHooks = config.get("hooks") or LoopHooks()
-    worker = build_worker(loop.job, loop.transforms, loop.total_steps)
+    worker = build_worker(
+        loop.job, loop.transforms, loop.total_steps, loop.init_weights, loop.init_source
+    )
     state, best = restore(loop, worker)
     attempt = Attempt(worker.rank, worker.world, state.epoch + 1, loop.in_process)
     progress = Progress(loop, worker.rank)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -11,8 +12,13 @@ from setpipe.spec.models import LRScheduleSpec, OptimizerSpec
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], spec: OptimizerSpec
+    params: Iterable[torch.nn.Parameter] | list[dict[str, Any]], spec: OptimizerSpec
 ) -> torch.optim.Optimizer:
+    """The job's optimizer over ``params``: parameters, or param groups each with an
+    ``lr_multiplier`` (``setpipe.train.finetune.param_groups``) whose lr is spec.lr times it."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [group | {"lr": spec.lr * group.get("lr_multiplier", 1.0)} for group in params]
     if spec.name == "adamw":
         return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     if spec.name == "adam":

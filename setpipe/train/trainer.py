@@ -20,6 +20,7 @@ import torch
 from setpipe.data.layout import element_columns
 from setpipe.errors import TrainError, setpipe_cause
 from setpipe.spec.models import DataSpec, JobSpec
+from setpipe.train import finetune
 from setpipe.train.hooks import FailAtEpoch, LoopHooks
 from setpipe.train.loop import EpochLog, LoopConfig, train_loop
 from setpipe.train.resources import worker_resources
@@ -96,10 +97,18 @@ def estimate_steps(dataset: Any, spec: DataSpec, world: int) -> int:
 
 
 def loop_config(
-    job: JobSpec, datasets: dict[str, Any], transforms: Any, run_dir: Path, progress: bool
+    job: JobSpec,
+    datasets: dict[str, Any],
+    transforms: Any,
+    run_dir: Path,
+    progress: bool,
+    init: tuple[str, str] | None = None,
 ) -> LoopConfig:
-    """What every worker's loop needs, computed once here on the driver."""
+    """What every worker's loop needs, computed once here on the driver. ``init``: (the
+    state-dict file model.init_from was resolved to, what it was resolved from)."""
     spec = job.train
+    init_weights, init_source = init or (None, None)
+    finetune.check(job, init_weights, init_source)  # before any worker starts
     has_validation = "validation" in datasets
     checkpoint_dir = None
     if spec.workers == 0:
@@ -118,6 +127,8 @@ def loop_config(
         checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
         keep=spec.checkpoint.keep,
         progress=progress,
+        init_weights=init_weights,
+        init_source=init_source,
     )
 
 
@@ -131,6 +142,7 @@ def fit(
     log_epoch: EpochLog | None = None,
     progress: bool = True,
     hooks: LoopHooks | None = None,
+    init: tuple[str, str] | None = None,
 ) -> TrainOutcome:
     """Train ``job`` on Ray Train; ``datasets`` maps train/validation/test to Ray Datasets.
 
@@ -138,13 +150,14 @@ def fit(
     checkpoint. ``log_epoch(epoch, metrics)`` runs on rank 0 after each epoch (e.g. MLflow
     logging bound on the driver to its run and store: a worker's cwd and environment are
     not the driver's). ``hooks``: test callbacks (``setpipe.train.hooks``); without them,
-    $SETPIPE_FAIL_AT_EPOCH sets the injected-failure hook.
+    $SETPIPE_FAIL_AT_EPOCH sets the injected-failure hook. ``init``: (state-dict file,
+    source) that model.init_from was resolved to (``setpipe.tracking.init_from``).
     """
     datasets = {k: v for k, v in datasets.items() if v is not None}
     if "train" not in datasets:
         raise TrainError(f"{job.name}: no training data (data.train read to nothing)")
     storage_path = Path(storage_path).resolve()
-    loop = loop_config(job, datasets, transforms, storage_path / run_name, progress)
+    loop = loop_config(job, datasets, transforms, storage_path / run_name, progress, init)
     config = {
         "config": loop.to_dict(),
         "log_epoch": log_epoch,

@@ -26,6 +26,7 @@ from setpipe.data.batch import SetBatch
 from setpipe.errors import TrainError
 from setpipe.models import build_model
 from setpipe.spec.models import JobSpec
+from setpipe.train import finetune
 from setpipe.train.ema import EMA
 from setpipe.train.heads import HeadsEvaluation, evaluation_for, model_loss
 from setpipe.train.losses import loss_sets
@@ -79,8 +80,17 @@ class Worker:
         return t.tolist()
 
 
-def build_worker(job: JobSpec, transforms: dict[str, Any], total_steps: int) -> Worker:
-    """This rank's model, its DDP wrapper, optimizer, LR schedule and loss scaler."""
+def build_worker(
+    job: JobSpec,
+    transforms: dict[str, Any],
+    total_steps: int,
+    init_weights: str | None = None,
+    init_source: str | None = None,
+) -> Worker:
+    """This rank's model, its DDP wrapper, optimizer, LR schedule and loss scaler.
+
+    ``init_weights``: the state-dict file model.init_from was resolved to on the driver
+    (``init_source``: what it was resolved from); loaded before DDP, as train.freeze is."""
     import ray.train
     import ray.train.torch
 
@@ -98,10 +108,12 @@ def build_worker(job: JobSpec, transforms: dict[str, Any], total_steps: int) -> 
         feature_names=job.data.feature_names,
         transforms=FittedTransforms.from_dict(transforms),
     ).to(device)
+    # Before DDP: it registers gradient hooks on the trainable parameters only.
+    groups = finetune.prepare(model, job, init_weights, init_source)
     # DDP runs SetModel.forward, which reaches the gradient estimator too (grad_budget=...),
     # so every step goes through DDP's own forward and its gradient hooks.
     ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
-    optimizer = build_optimizer(model.parameters(), spec.optimizer)
+    optimizer = build_optimizer(groups, spec.optimizer)
     return Worker(
         job=job,
         rank=rank,

@@ -84,7 +84,8 @@ BAD: list[tuple[str, str, list[str], str]] = [
         [],
         "jobs/x.yaml:19: train.zzz: unknown key; expected one of epochs, optimizer, "
         "lr_schedule, grad_clip, grad_element_budget, chunk_size, workers, use_gpu, amp, "
-        "resources_per_worker, max_failures, checkpoint, early_stopping, seed, ema, accumulate",
+        "resources_per_worker, max_failures, checkpoint, early_stopping, seed, freeze, "
+        "lr_multipliers, ema, accumulate",
     ),
     (
         "bad-discriminator",

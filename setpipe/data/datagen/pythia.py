@@ -3,8 +3,9 @@
 The process mirrors the public quark/gluon benchmark (Komiske, Metodiev, Thaler 2019):
 ``q qbar -> Z g`` gives gluon jets (label 0), ``q g -> Z q`` quark jets (label 1); the
 Z decays to neutrinos so the jet is the only visible object. Jets are anti-kT R=0.4;
-the leading jet is kept when 500 < pT < 550 GeV and |y| < 1.7. Each row is one jet:
-its visible constituents as parallel lists (pT, rapidity, phi, PDG id).
+the leading jet is kept when 500 < pT < 550 GeV (``jet_pt``: another window, for a shifted
+sample to fine-tune on) and |y| < 1.7. Each row is one jet: its visible constituents as
+parallel lists (pT, rapidity, phi, PDG id).
 
 Needs the ``hep`` extra (``pip install 'setpipe[hep]'``): pythia8mc and fastjet.
 """
@@ -39,7 +40,29 @@ SCHEMA = pa.schema(
 )
 
 
-def _pythia(seed: int, labels: frozenset[int] = frozenset({0, 1})):  # type: ignore[no-untyped-def]
+def pt_hat_window(jet_pt: tuple[float, float]) -> tuple[float, float]:
+    """Pythia's pTHat window for a jet pT window: 450-650 GeV for the benchmark's 500-550,
+    scaled alike for others (0.9 x MIN to 13/11 x MAX)."""
+    low, high = jet_pt
+    return 0.9 * low, high * 13.0 / 11.0
+
+
+def check_jet_pt(jet_pt: tuple[float, float]) -> tuple[float, float]:
+    """``jet_pt`` if 0 < MIN < MAX (GeV), else a DataError saying so."""
+    low, high = jet_pt
+    if not (0.0 < low < high):
+        raise DataError(
+            f"--jet-pt {low:g},{high:g}: expected MIN,MAX in GeV with 0 < MIN < MAX, "
+            "e.g. --jet-pt 300,350"
+        )
+    return low, high
+
+
+def _pythia(  # type: ignore[no-untyped-def]
+    seed: int,
+    labels: frozenset[int] = frozenset({0, 1}),
+    jet_pt: tuple[float, float] = JET_PT_RANGE,
+):
     try:
         import pythia8mc
     except ImportError:
@@ -57,8 +80,8 @@ def _pythia(seed: int, labels: frozenset[int] = frozenset({0, 1})):  # type: ign
         "23:onIfAny = 12 14 16",  # invisible Z: the jet recoils against nothing seen
         # pTHat window around the jet window: wide enough that few 500-550 GeV jets are
         # lost to the cut, narrow enough that ~15% of events pass it.
-        "PhaseSpace:pTHatMin = 450.",
-        "PhaseSpace:pTHatMax = 650.",
+        f"PhaseSpace:pTHatMin = {pt_hat_window(jet_pt)[0]:.6g}",
+        f"PhaseSpace:pTHatMax = {pt_hat_window(jet_pt)[1]:.6g}",
         "Next:numberCount = 0",
         "Print:quiet = on",
         "Random:setSeed = on",
@@ -72,11 +95,11 @@ def _pythia(seed: int, labels: frozenset[int] = frozenset({0, 1})):  # type: ign
     return pythia
 
 
-def _worker(args: tuple[Path, int, int, int]) -> list[str]:
-    out_dir, worker, num_jets, seed = args
+def _worker(args: tuple[Path, int, int, int, tuple[float, float]]) -> list[str]:
+    out_dir, worker, num_jets, seed, jet_pt = args
     import fastjet
 
-    pythia = _pythia(seed)
+    pythia = _pythia(seed, jet_pt=jet_pt)
     restarts = 0
     jet_def = fastjet.JetDefinition(fastjet.antikt_algorithm, 0.4)
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
@@ -117,7 +140,7 @@ def _worker(args: tuple[Path, int, int, int]) -> list[str]:
         if not jets:
             continue
         jet = jets[0]
-        if not (JET_PT_RANGE[0] < jet.pt() < JET_PT_RANGE[1] and abs(jet.rap()) < JET_MAX_RAPIDITY):
+        if not (jet_pt[0] < jet.pt() < jet_pt[1] and abs(jet.rap()) < JET_MAX_RAPIDITY):
             continue
         constituents = fastjet.sorted_by_pt(jet.constituents())
         rows["event_id"].append(worker * 1_000_000_000 + event_id)
@@ -136,7 +159,9 @@ def _worker(args: tuple[Path, int, int, int]) -> list[str]:
             # the same distribution as in the mixed run (the label is the hard process),
             # and no time goes on events that would be thrown away (~85% are q g -> Z q).
             restarts += 1
-            pythia = _pythia(seed + 7919 * restarts, frozenset(k for k, v in quota.items() if v))
+            pythia = _pythia(
+                seed + 7919 * restarts, frozenset(k for k, v in quota.items() if v), jet_pt
+            )
         if len(rows["label"]) >= ROWS_PER_FILE:
             flush()
     flush()
@@ -144,7 +169,11 @@ def _worker(args: tuple[Path, int, int, int]) -> list[str]:
 
 
 def generate_pythia_jets(
-    out_dir: Path, num_jets: int, workers: int = 1, seed: int = 0
+    out_dir: Path,
+    num_jets: int,
+    workers: int = 1,
+    seed: int = 0,
+    jet_pt: tuple[float, float] = JET_PT_RANGE,
 ) -> list[Path]:
     """Generate ``num_jets`` quark/gluon jets into Parquet files under ``out_dir``.
 
@@ -152,11 +181,12 @@ def generate_pythia_jets(
     processes each take an equal share with their own seed, so the output does not depend
     on scheduling.
     """
+    jet_pt = check_jet_pt(jet_pt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(workers, num_jets))
     share = [num_jets // workers + (1 if w < num_jets % workers else 0) for w in range(workers)]
-    tasks = [(out_dir, w, n, seed * 1000 + w) for w, n in enumerate(share) if n]
+    tasks = [(out_dir, w, n, seed * 1000 + w, jet_pt) for w, n in enumerate(share) if n]
     if workers == 1:
         files = [f for t in tasks for f in _worker(t)]
     else:
