@@ -21,11 +21,16 @@ Peak RSS is the sum of the driver's and every descendant process's RSS (Ray work
 raylet, GCS), sampled every 0.1 s while setpipe reads; shared pages of the object store
 are counted in each process that maps them, so the sum is an upper bound.
 
-    python bench/data_throughput.py [--quick] [--data-dir DIR] [--size-mb MB]
+    python bench/data_throughput.py [--quick] [--data-dir DIR] [--size-mb MB] [--source s3]
+
+With ``--source s3`` the same files are also put in a bucket of a real S3-compatible
+server on loopback (moto, in its own process; setpipe reaches it through
+``AWS_ENDPOINT_URL_S3`` as a user would), and each round adds a setpipe pass over
+``s3://`` after the local one: ``s3_vs_local`` is the median of their rate ratios.
 
 RESULT vs_limit=<setpipe/limit> vs_limit_steady=<after the first batch>
 vs_baseline=<setpipe/baseline> elements_per_s=<setpipe>
-peak_rss_mb=<driver + Ray processes while setpipe reads>
+peak_rss_mb=<driver + Ray processes while setpipe reads> [s3_vs_local=<s3/local setpipe>]
 (vs_limit counts the first whole pass, Ray's start-up included; vs_limit_steady the
 elements delivered after the first batch over the time after it, against the limit
 measured just before, the median over --repeats rounds.)
@@ -37,7 +42,10 @@ import argparse
 import contextlib
 import os
 import secrets
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -123,7 +131,39 @@ def limit(files: list[Path]) -> tuple[float, int, int]:
     return time.perf_counter() - started, sets, elements
 
 
-def setpipe_pass(files: list[Path]) -> tuple[float, float, int, int, int]:
+def s3_copy(files: list[Path]) -> tuple[subprocess.Popen, list[str]]:
+    """A moto S3 server on a free loopback port holding ``files``; the environment points
+    setpipe at it (set before Ray starts: read tasks take it from their workers' env)."""
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            break
+        time.sleep(0.2)
+    env = {
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    os.environ.update(env)
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"])
+    client.create_bucket(Bucket="setpipe-bench")
+    for f in files:
+        client.upload_file(str(f), "setpipe-bench", f"jets/{f.name}")
+    return server, [f"s3://setpipe-bench/jets/{f.name}" for f in files]
+
+
+def setpipe_pass(files: list[Path] | list[str]) -> tuple[float, float, int, int, int]:
     """(seconds, seconds to first batch, sets, elements, batches) of one epoch of SetBatches."""
     import torch
 
@@ -198,6 +238,7 @@ def main() -> None:
     parser.add_argument("--object-store-mb", type=int, default=300)
     parser.add_argument("--baseline-seconds", type=float, default=None, help="(20; quick 5)")
     parser.add_argument("--repeats", type=int, default=None, help="rounds (3; quick 1)")
+    parser.add_argument("--source", choices=["local", "s3"], default="local")
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 3)
     size_mb = args.size_mb or (100 if args.quick else 1100)
@@ -215,6 +256,7 @@ def main() -> None:
     # meanwhile rewrites ~/.ray/auth_token and would lock this driver out of its own.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    server, s3_files = s3_copy(files) if args.source == "s3" else (None, [])
     import ray
 
     start_ray(object_store_memory=args.object_store_mb * 1024**2)
@@ -222,7 +264,7 @@ def main() -> None:
     # Limit and setpipe passes alternate, and each steady ratio pairs the two of one round:
     # load on these machines drifts by 2x within a minute. The RESULT's vs_limit_steady is
     # the median over rounds; vs_limit and elements_per_s are the first (cold) pass's.
-    steady_ratios, peaks = [], []
+    steady_ratios, peaks, s3_ratios = [], [], []
     for round_ in range(args.repeats):
         lim_s, lim_sets, lim_el = limit(files)
         lim_rate = lim_el / lim_s
@@ -241,6 +283,11 @@ def main() -> None:
         )
         if round_ == 0:
             first_ratio, sp_rate, sets_rate = sp_el / sp_s / lim_rate, sp_el / sp_s, sp_sets / sp_s
+        if s3_files:
+            s3_s, _, s3_sets, s3_el, _ = setpipe_pass(s3_files)
+            assert (s3_sets, s3_el) == (lim_sets, lim_el), "s3 delivered other sets"
+            s3_ratios.append((s3_el / s3_s) / (sp_el / sp_s))
+            print(f"  s3: {s3_el / s3_s / 1e6:5.2f} M el/s = {s3_ratios[-1]:.3f} of local")
     print(
         f"  peak RSS driver + Ray processes: {max(peaks) / 2**20:,.0f} MB "
         f"(object store {args.object_store_mb} MB, data {on_disk:.0f} MB)"
@@ -254,12 +301,15 @@ def main() -> None:
     )
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     ray.shutdown()
+    if server is not None:
+        server.terminate()
+    s3_figure = f" s3_vs_local={statistics.median(s3_ratios):.3f}" if s3_ratios else ""
     print(
         f"RESULT vs_limit={first_ratio:.3f} "
         f"vs_limit_steady={statistics.median(steady_ratios):.3f} "
         f"vs_baseline={sp_rate / base_rate:.2f} "
         f"elements_per_s={sp_rate:.0f} sets_per_s={sets_rate:.0f} "
-        f"peak_rss_mb={max(peaks) / 2**20:.0f} rounds={args.repeats}"
+        f"peak_rss_mb={max(peaks) / 2**20:.0f} rounds={args.repeats}{s3_figure}"
     )
 
 

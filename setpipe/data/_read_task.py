@@ -35,6 +35,7 @@ from ray.data import Datasource
 from setpipe._compat import BlockMetadata, ReadTask
 from setpipe.data.bad_rows import RowCheck
 from setpipe.data.layout import BAD_COLUMN, PATH_COLUMN, ROW_COLUMN
+from setpipe.data.sources import remote_problem
 from setpipe.data.split import SPLIT_CODE, assign
 from setpipe.spec.models import SplitSpec
 
@@ -105,10 +106,16 @@ def unreadable(
         end = unit.first_rows[i + 1] if i + 1 < len(unit.first_rows) else None
         end = end if end is not None else unit.first_rows[0] + unit.num_rows
         where += f" row group {unit.row_groups[i]} (rows {first}-{end - 1})"
-    message = (
-        f"{where} cannot be read ({detail}); the file is damaged: write it again, or move it "
-        "out of the job's data"
-    )
+    if isinstance(err, FileNotFoundError):
+        message = (
+            f"{where} no longer exists: it was deleted or moved after the run listed the data "
+            "and checked its footers; rerun once the data is no longer being changed"
+        )
+    else:
+        message = remote_problem(where, err) or (
+            f"{where} cannot be read ({detail}); the file is damaged: write it again, or move "
+            "it out of the job's data"
+        )
     fields = [] if schema is None else [schema.field(c) for c in columns if c in schema.names]
     return pa.table(
         {

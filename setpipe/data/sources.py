@@ -50,6 +50,47 @@ def _split_uri(uri: str) -> tuple[pafs.FileSystem, str, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri), ""
 
 
+def endpoint() -> str:
+    """The S3 server setpipe's reads go to, as a message names it."""
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(var):
+            return f"{os.environ[var]} ({var})"
+    return "AWS (no AWS_ENDPOINT_URL_S3 set)"
+
+
+_DENIED = ("ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "EXPIRED_TOKEN")
+
+
+def remote_problem(uri: str, err: Exception) -> str | None:
+    """What an object store's error means for ``uri`` and the fix, or None if it is not one
+    setpipe can explain. The AWS SDK's own text is kept at the end; it holds no secret."""
+    text = " ".join(str(err).split())
+    if any(code in text for code in _DENIED):
+        return (
+            f"{uri}: the S3 server {endpoint()} refused the credentials ({text}). Check "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that they may "
+            "read this bucket"
+        )
+    if "NO_SUCH_BUCKET" in text:
+        return _no_bucket(uri)
+    return None
+
+
+def _no_bucket(uri: str) -> str:
+    bucket = uri.split("://", 1)[1].split("/", 1)[0]
+    return (
+        f"{uri}: bucket {bucket} does not exist on {endpoint()}; check the bucket's name, "
+        "or point AWS_ENDPOINT_URL_S3 at the server that holds it"
+    )
+
+
+def _check_bucket(fs: pafs.FileSystem, path: str, entry: str) -> None:
+    """Nothing found at ``entry``: say so if its whole bucket is missing (object stores)."""
+    remote = "://" in entry and not entry.startswith("file://")
+    if remote and fs.get_file_info(path.split("/", 1)[0]).type == pafs.FileType.NotFound:
+        raise DataError(_no_bucket(entry))
+
+
 def _is_data_file(path: str) -> bool:
     # Spark/Hive write _SUCCESS and .crc side files next to the data.
     base = path.rsplit("/", 1)[-1]
@@ -73,7 +114,10 @@ def expand(source: str | list[str]) -> Files:
                 f"{entry}: all files of one source must be on one filesystem; this one is "
                 f"{fs.type_name}, the first was {filesystem.type_name}"
             )
-        found = _expand_one(fs, path, entry)
+        try:
+            found = _expand_one(fs, path, entry)
+        except OSError as err:  # an object store refused or failed the listing
+            raise DataError(remote_problem(entry, err) or f"cannot list {entry}: {err}") from None
         paths.extend(found)
         display.extend(prefix + p for p in found)
     assert filesystem is not None
@@ -87,7 +131,8 @@ def _expand_one(fs: pafs.FileSystem, path: str, entry: str) -> list[str]:
         try:
             infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         except OSError as err:
-            raise DataError(f"cannot list {base} for the pattern {entry}: {err}") from None
+            problem = remote_problem(entry, err)
+            raise DataError(problem or f"cannot list {base} for {entry}: {err}") from None
         found = sorted(
             i.path
             for i in infos
@@ -96,6 +141,7 @@ def _expand_one(fs: pafs.FileSystem, path: str, entry: str) -> list[str]:
             and fnmatch.fnmatchcase(i.path, path)
         )
         if not found:
+            _check_bucket(fs, path, entry)
             raise DataError(f"no files match {entry}; check the path and the pattern")
         return found
     info = fs.get_file_info(path)
@@ -113,4 +159,5 @@ def _expand_one(fs: pafs.FileSystem, path: str, entry: str) -> list[str]:
         if not found:
             raise DataError(f"{entry} is a directory with no .parquet files")
         return found
+    _check_bucket(fs, path, entry)
     raise DataError(f"{entry} does not exist; expected a Parquet file, a directory or a glob")
