@@ -71,10 +71,12 @@ def test_example_jobs_are_all_there() -> None:
         "digits",
         "multihead",
         "passages",
+        "qg_finetune",
         "qg_jets",
         "qg_lcm",
         "qg_part",
         "qg_pretrain",
+        "qg_probe",
         "quickstart",
     ]
 

@@ -204,3 +204,33 @@ def test_pretrain_run_registers_a_model(
     assert list(out[0]) == ["embedding"]
     assert len(out[0]["embedding"]) == loaded.model.encoder.out_dim
     shutil.rmtree(workdir / "ray_results", ignore_errors=True)
+
+
+def test_classify_job_starts_from_the_pretrained_encoder(
+    ray_local: None, data: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pretrained encoder loads into a classify job by name (model.init_from, parts
+    [encoder]) and, frozen (train.freeze), leaves training bit-identical: a linear probe."""
+    from setpipe.pipeline import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    pre = train(job_from_dict(pretrain_job(data, workdir)), progress=False).outcome
+    weights = workdir / "pretrained.pt"
+    torch.save({k: torch.as_tensor(v) for k, v in pre.state_dict.items()}, weights)
+    raw = pretrain_job(data, workdir)
+    raw["name"] = "sets-probe"
+    raw["data"]["label"] = "label"
+    raw["model"] = {
+        "task": "classify",
+        "num_classes": 2,
+        "encoder": raw["model"]["encoder"],
+        "init_from": {"uri": str(weights), "parts": ["encoder"]},
+    }
+    raw["train"]["freeze"] = ["encoder"]
+    raw["train"]["epochs"] = 1
+    probe = train(job_from_dict(raw), progress=False).outcome
+    encoder = {k: v for k, v in pre.state_dict.items() if k.startswith("encoder.")}
+    assert encoder  # the UMBC's embed, slots, projections, slot head
+    for name, value in encoder.items():
+        assert torch.equal(torch.as_tensor(probe.state_dict[name]), torch.as_tensor(value)), name
+    assert np.isfinite(probe.test_metrics["test_auc"])
