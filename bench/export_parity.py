@@ -6,7 +6,8 @@ H=4, dim 128, SAB + PMA slot head); Set Transformer dim 128, 4 heads, 2 SAB laye
 
 Parity: setpipe.export.parity.measure, the check `setpipe export` runs: rel = max
 |onnxruntime - torch| / max |torch| per batch, over set sizes 1, 10, ..., 10^4 (8 sets a
-batch up to 10^3, one of 10^4), a mixed batch with an empty set, and for the MBC
+batch up to 10^3, one of 10^4; the Set Transformer up to 10^3: its attention is
+quadratic, see parity.ATTENTION_MAX), a mixed batch with an empty set, and for the MBC
 encoders the update/finalize graphs on one set of 10^6 elements in chunks of 4096
 against PyTorch's own chunked pass. --quick: sizes up to 10^3, chunked 10^5.
 
@@ -78,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", choices=list(ENCODERS), default=None, help="one encoder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = (1, 10, 100, 1000) if args.quick else (1, 10, 100, 1000, 10_000)
@@ -86,6 +88,8 @@ def main() -> None:
     result: dict[str, str] = {}
     print(f"load average {os.getloadavg()[0]:.1f}; threads {args.threads}")
     for name, encoder in ENCODERS.items():
+        if args.only not in (None, name):
+            continue
         spec = TypeAdapter(ModelSpec).validate_python(
             {"task": "classify", "num_classes": 2, "encoder": encoder, "head": {"hidden": [64]}}
         )
