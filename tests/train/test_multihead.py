@@ -173,13 +173,12 @@ def test_heads_share_the_encoder_and_every_pass_agrees(tmp_path: Path) -> None:
 def test_loss_is_the_weighted_sum_of_the_head_losses(tmp_path: Path) -> None:
     model, batch, job = model_and_batch(tmp_path, HEADS)
     outputs = model(batch)
-    expected = F.cross_entropy(outputs["cls"].float(), torch.tensor([0, 1, 1, 0, 1]))
-    expected = (
-        expected
-        + 0.5 * F.mse_loss(outputs["size"].float(), torch.tensor([3.0, 9, 1, 17, 6])) / 36.0
-    )
+    # In float64 (the model's dtype here); float32 outputs give the same to ~1e-7.
+    targets = torch.tensor([3.0, 9, 1, 17, 6], dtype=torch.float64)
+    expected = F.cross_entropy(outputs["cls"].double(), torch.tensor([0, 1, 1, 0, 1]))
+    expected = expected + 0.5 * F.mse_loss(outputs["size"].double(), targets) / 36.0
     loss = model_loss(job.model, outputs, batch)
-    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=0)
     loss.backward()  # both heads and the shared encoder get a gradient
     assert all(p.grad is not None for p in model.parameters())
 
