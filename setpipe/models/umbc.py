@@ -86,7 +86,7 @@ class UMBC(MBCEncoder):
 
     # ------------------------------------------------------------------ slots
 
-    def _queries(
+    def queries(
         self,
         num_sets: int,
         device: torch.device | str | None,
@@ -122,7 +122,7 @@ class UMBC(MBCEncoder):
     ) -> MBCState:
         h, k, d = self.heads, self.num_slots, self.head_dim
         state = {
-            "query": self._queries(num_sets, device, dtype, generator),
+            "query": self.queries(num_sets, device, dtype, generator),
             "num": torch.zeros(num_sets, h, k, d, device=device, dtype=dtype),
             "den": torch.zeros(num_sets, h, k, device=device, dtype=dtype),
         }

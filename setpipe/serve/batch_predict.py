@@ -57,7 +57,7 @@ def input_spec(job: JobSpec, source: str) -> DataSpec:
             "element_label": None,
         }
     )
-    spec._head_targets = []  # the heads' targets are labels too (model.heads)
+    spec.set_head_targets([])  # the heads' targets are labels too (model.heads)
     return spec
 
 

@@ -455,6 +455,10 @@ class DataSpec(StrictModel):
         """True when the job has several heads (``model.heads``): targets is [B, K] float32."""
         return bool(self._head_targets)
 
+    def set_head_targets(self, targets: list[tuple[str, str]]) -> None:
+        """(target column, task) per head of model.heads; [] reads data.label/element_label."""
+        self._head_targets = list(targets)
+
 
 # --------------------------------------------------------------------------- model
 
@@ -1451,7 +1455,7 @@ class JobSpec(StrictModel):
                         f"remove it from {field} or choose another target"
                     )
         # A private attribute: not a job field, not validated on assignment, not dumped.
-        data._head_targets = [(h.target, h.task) for h in heads]
+        data.set_head_targets([(h.target, h.task) for h in heads])
 
     @model_validator(mode="after")
     def _metrics_reported_by_task(self) -> JobSpec:
