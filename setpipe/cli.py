@@ -22,6 +22,7 @@ COMMANDS = (
     "convert",
     "inspect",
     "run",
+    "tune",
     "serve",
     "predict",
     "export",

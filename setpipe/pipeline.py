@@ -129,6 +129,8 @@ def train(
     run_id: str | None = None,
     ray_run: str | None = None,
     init: InitSource | None = None,
+    on_epoch: Any = None,
+    callbacks: list[Any] | None = None,
 ) -> Trained:
     """Train ``job`` on Ray Train and return the outcome; nothing is registered.
 
@@ -136,6 +138,8 @@ def train(
     ``ray_run``: the Ray run name under ``<workdir>/ray_results`` (default: the job's name);
     a name that has checkpoints resumes from the latest.
     ``init``: model.init_from already resolved (None: resolved here, when the job has one).
+    ``on_epoch(epoch, metrics)``: called on rank 0 after each epoch, after MLflow logging;
+    ``callbacks``: Ray Train user callbacks (``setpipe.search`` reports epochs to Tune).
     """
     from functools import partial
 
@@ -147,18 +151,28 @@ def train(
     storage = Path(job.workdir).resolve() / "ray_results"
     name = ray_run or job.name
     init = init or resolve_init(job, storage / name)
+    logger = partial(log_epoch, run_id, tracking_uri_for(job)) if run_id else None
+    if on_epoch is not None:
+        logger = partial(_both, logger, on_epoch)
     outcome = fit(
         job,
         # The store is resolved here, on the driver: a worker's cwd and environment differ.
-        log_epoch=partial(log_epoch, run_id, tracking_uri_for(job)) if run_id else None,
+        log_epoch=logger,
         storage_path=storage,
         run_name=name,
         transforms=inputs.transforms,
         datasets=inputs.datasets,
         progress=progress,
         init=(init.weights, init.resolved) if init else None,
+        callbacks=callbacks,
     )
     return Trained(inputs, outcome, storage / name)
+
+
+def _both(first: Any, then: Any, epoch: int, metrics: dict[str, float]) -> None:
+    if first is not None:
+        first(epoch, metrics)
+    then(epoch, metrics)
 
 
 def resolve_init(job: JobSpec, run_dir: Path) -> InitSource | None:

@@ -38,6 +38,7 @@ def test_commands_are_pinned() -> None:
         "convert",
         "inspect",
         "run",
+        "tune",
         "serve",
         "predict",
         "export",

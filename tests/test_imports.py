@@ -22,7 +22,7 @@ LAYERS = [
     ("setpipe.train",),
     ("setpipe.tracking",),
     ("setpipe.export",),
-    ("setpipe.pipeline", "setpipe.attempts"),
+    ("setpipe.pipeline", "setpipe.attempts", "setpipe.search"),
     ("setpipe.serve",),
     ("setpipe.jobs",),
     ("setpipe.commands", "setpipe.cli", "setpipe.__main__", "setpipe"),

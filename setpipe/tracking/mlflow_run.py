@@ -131,12 +131,13 @@ def _start_system_metrics(run_id: str, tracking_uri: str, resume: bool) -> Any |
     return monitor
 
 
-def open_run(job: JobSpec, run_id: str | None = None) -> str:
+def open_run(job: JobSpec, run_id: str | None = None, *, tags: dict[str, str] | None = None) -> str:
     """A new MLflow run for ``job``, or, with ``run_id``, that same run reopened (RUNNING).
 
     A new run gets: params = the resolved job flattened; tags = setpipe version, git
     commit, dataset paths/file counts/digests; the resolved ``job.yaml`` artifact; one
-    dataset input per split (context training/validation/test).
+    dataset input per split (context training/validation/test). ``tags``: more tags for a
+    new run, set as it is created (a search's parent and trial id: ``mlflow.parentRunId``).
     """
     tracking_uri = tracking_uri_for(job)
     client = MlflowClient(tracking_uri)
@@ -165,6 +166,7 @@ def open_run(job: JobSpec, run_id: str | None = None) -> str:
         "setpipe.task": job.model.task_names,
         "setpipe.attempts": "1",
         **lineage.lineage_tags(job.data, splits),
+        **(tags or {}),
     }
     commit = git_commit()
     if commit:

@@ -143,6 +143,7 @@ def fit(
     progress: bool = True,
     hooks: LoopHooks | None = None,
     init: tuple[str, str] | None = None,
+    callbacks: list[Any] | None = None,
 ) -> TrainOutcome:
     """Train ``job`` on Ray Train; ``datasets`` maps train/validation/test to Ray Datasets.
 
@@ -152,6 +153,7 @@ def fit(
     not the driver's). ``hooks``: test callbacks (``setpipe.train.hooks``); without them,
     $SETPIPE_FAIL_AT_EPOCH sets the injected-failure hook. ``init``: (state-dict file,
     source) that model.init_from was resolved to (``setpipe.tracking.init_from``).
+    ``callbacks``: Ray Train user callbacks for the run (a search passes Tune's reporter).
     """
     datasets = {k: v for k, v in datasets.items() if v is not None}
     if "train" not in datasets:
@@ -163,7 +165,7 @@ def fit(
         "log_epoch": log_epoch,
         "hooks": hooks or FailAtEpoch.from_env(),
     }
-    trainer = _torch_trainer(job, config, storage_path, run_name, datasets, progress)
+    trainer = _torch_trainer(job, config, storage_path, run_name, datasets, progress, callbacks)
     try:
         result = trainer.fit()
     except TrainError:
@@ -200,6 +202,7 @@ def _torch_trainer(
     run_name: str,
     datasets: dict[str, Any],
     progress: bool = True,
+    callbacks: list[Any] | None = None,
 ) -> Any:  # ray.train.torch.TorchTrainer
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -227,6 +230,7 @@ def _torch_trainer(
             # Ray Train's own INFO lines (worker group started, each report and checkpoint)
             # would outnumber setpipe's progress lines; its warnings and errors still show.
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks or None,
         ),
         datasets=datasets,
     )

@@ -1,0 +1,321 @@
+"""Hyperparameter search on Ray Tune: ``setpipe tune JOB.yaml`` runs the job's ``search:`` block.
+
+Each trial is the job with the space's values set through the override path
+(``setpipe.spec.space.trial_job``) and trains with the same loop as ``setpipe run``
+(``pipeline.train``: its own Ray Train workers; one for a job of workers: 0, whose in-process
+mode cannot run inside a Tune trial),
+reporting every epoch's metrics to Tune so ASHA can stop poor trials at its rungs. Each
+trial is an MLflow run nested under one parent run (``mlflow.parentRunId``) keyed by its
+Tune trial id; the parent records the space and the best trial's figures, and only the best
+trial's model goes through the registry gate, as ``setpipe run``'s would.
+
+A search killed mid-way continues with ``resume=True``: Tune restores the experiment
+(``Tuner.restore``: finished trials are kept, unfinished ones restarted), a restarted trial
+finds its nested run by trial id and reopens it, and its Ray Train run resumes from its last
+checkpoint, so no trial ever gets a second MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from setpipe import pipeline
+from setpipe.errors import TrainError
+from setpipe.spec.models import JobSpec
+from setpipe.spec.space import trial_job
+
+TRIAL_TAG = "setpipe.search.trial"
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "setpipe.search"
+OUTCOME = "outcome.json"
+
+
+@dataclass
+class SearchSummary:
+    parent_run_id: str
+    best_trial: str
+    best_config: dict[str, Any]
+    best_run_id: str
+    metrics: dict[str, float]
+    """The best trial's chosen-epoch val_* and test_* figures."""
+    decision: Any
+    """setpipe.tracking.registry.GateDecision of the best trial's model."""
+    trials: int
+    stopped_early: list[str]
+    """Trial ids the scheduler stopped before their last epoch."""
+    failed: list[str]
+    wall_s: float
+    resumed: bool
+
+
+def _state_path(job: JobSpec) -> Path:
+    return Path(job.workdir).resolve() / "runs" / job.name / "search.json"
+
+
+def _read_state(job: JobSpec) -> dict[str, Any] | None:
+    path = _state_path(job)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_state(job: JobSpec, **state: Any) -> None:
+    path = _state_path(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _param_space(job: JobSpec) -> dict[str, Any]:
+    from ray import tune
+
+    assert job.search is not None
+    space: dict[str, Any] = {}
+    for path, choices in job.search.space.items():
+        if isinstance(choices, list):
+            space[path] = tune.choice(choices)
+            continue
+        ((kind, (low, high)),) = choices.items()
+        if kind.endswith("randint"):
+            low, high = int(low), int(high)
+        space[path] = getattr(tune, kind)(low, high)
+    return space
+
+
+def _nested_run(job: JobSpec, parent: str, trial: str) -> str:
+    """The trial's MLflow run: the one already tagged with its trial id, else a new one."""
+    from mlflow.tracking import MlflowClient
+
+    from setpipe.tracking.mlflow_run import open_run
+    from setpipe.tracking.store import tracking_uri_for
+
+    client = MlflowClient(tracking_uri_for(job))
+    experiment = client.get_run(parent).info.experiment_id
+    found = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{TRIAL_TAG}` = '{trial}'",
+    )
+    if found:
+        return open_run(job, run_id=found[0].info.run_id)
+    return open_run(job, tags={PARENT_TAG: parent, TRIAL_TAG: trial, ROLE_TAG: "trial"})
+
+
+def _trial(config: dict[str, Any], *, job: JobSpec, parent: str, outcomes: str) -> None:
+    """One Tune trial: the job with ``config``'s values, trained, logged and its model logged."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from setpipe.tracking.mlflow_run import close_run, log_epoch, log_model
+    from setpipe.tracking.store import tracking_uri_for
+
+    trial_id = tune.get_context().get_trial_id()
+    # Train V2's in-process mode (workers: 0) cannot run inside a Tune trial: its
+    # ray.train calls resolve to Tune's session there and fail. A trial trains on one
+    # Ray Train worker instead, whose epochs reach Tune through Ray Train's callback.
+    workers = {"train.workers": 1} if job.train.workers == 0 else {}
+    candidate = trial_job(job, config | workers)
+    run_id = _nested_run(candidate, parent, trial_id)
+    try:
+        trained = pipeline.train(
+            candidate,
+            progress=False,
+            run_id=run_id,
+            ray_run=f"{job.name}-{trial_id}",
+            callbacks=[TuneReportCallback()],
+        )
+        outcome = trained.outcome
+        uri = tracking_uri_for(candidate)
+        if outcome.test_metrics:
+            log_epoch(run_id, uri, outcome.history[-1]["epoch"], outcome.test_metrics)
+        logged = log_model(
+            run_id,
+            candidate,
+            outcome.state_dict,
+            trained.inputs.transforms,
+            outcome.history,
+            trained.inputs.example,
+            validation=outcome.val_predictions,
+        )
+    except BaseException:
+        close_run(run_id, "FAILED")
+        raise
+    close_run(run_id, "FINISHED")
+    predictions = outcome.val_predictions
+    record = {
+        "run_id": run_id,
+        "model_uri": logged,
+        "config": config,
+        "metrics": outcome.val_metrics | outcome.test_metrics,
+        "epochs": len(outcome.history),
+        "val_predictions": [p.tolist() for p in predictions] if predictions else None,
+    }
+    path = Path(outcomes) / f"{trial_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def tune(
+    job: JobSpec, *, address: str | None = None, progress: bool = True, resume: bool = False
+) -> SearchSummary:
+    """Run ``job.search`` on Ray Tune; register the best trial's model through the gate."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from setpipe.tracking.mlflow_run import close_run, log_epoch, open_run
+    from setpipe.tracking.registry import register_and_gate
+    from setpipe.tracking.store import tracking_uri_for
+
+    search = job.search
+    if search is None:
+        raise TrainError(
+            f"{job.name}: the job has no search block; add search: {{space: ..., trials: N}} "
+            "(see the README's Hyperparameter search) or use setpipe run"
+        )
+    started = time.monotonic()
+    state = _read_state(job)
+    pipeline.connect(address or job.cluster.address)
+    if resume:
+        if state is None or state["status"] == "FINISHED":
+            last = f"its last search {state['status']}" if state else "it has no search yet"
+            raise TrainError(
+                f"--resume: job {job.name!r} has no search to resume ({last}, "
+                f"{_state_path(job)}); run setpipe tune without --resume to start one"
+            )
+        parent = open_run(job, run_id=state["parent_run_id"])
+    else:
+        parent = open_run(job, tags={ROLE_TAG: "parent"})
+    storage = Path(job.workdir).resolve() / "ray_results"
+    name = f"{job.name}-search-{parent[:8]}"
+    outcomes = Path(job.workdir).resolve() / "runs" / job.name / name
+    _write_state(job, parent_run_id=parent, tune_run=name, status="RUNNING")
+    uri = tracking_uri_for(job)
+    client = MlflowClient(uri)
+    metric, direction = job.search_objective
+    mode = "max" if direction == "maximize" else "min"
+    trainable = ray_tune.with_parameters(_trial, job=job, parent=parent, outcomes=str(outcomes))
+    # The trial only drives its Ray Train workers, which hold the CPUs (Tune refuses an
+    # empty resource request, hence a sliver).
+    trainable = ray_tune.with_resources(trainable, {"cpu": 0.1})
+    try:
+        if resume and ray_tune.Tuner.can_restore(str(storage / name)):
+            tuner = ray_tune.Tuner.restore(
+                str(storage / name), trainable=trainable, resume_errored=True
+            )
+        else:
+            client.log_dict(parent, search.model_dump(mode="json"), "search/space.json")
+            scheduler = None
+            if search.scheduler is not None:
+                scheduler = ASHAScheduler(
+                    time_attr="training_iteration",
+                    # ASHA stops every trial that reaches max_t; one past the last epoch
+                    # lets a trial that earned its last epoch finish (and log its model).
+                    max_t=job.train.epochs + 1,
+                    grace_period=search.scheduler.grace_epochs,
+                    reduction_factor=search.scheduler.reduction_factor,
+                )
+            from ray.tune.search import BasicVariantGenerator
+
+            tuner = ray_tune.Tuner(
+                trainable,
+                param_space=_param_space(job),
+                tune_config=ray_tune.TuneConfig(
+                    metric=metric,
+                    mode=mode,
+                    num_samples=search.trials,
+                    scheduler=scheduler,
+                    search_alg=BasicVariantGenerator(
+                        random_state=search.seed, max_concurrent=search.concurrency
+                    ),
+                ),
+                run_config=ray_tune.RunConfig(
+                    name=name, storage_path=str(storage), verbose=1 if progress else 0
+                ),
+            )
+        results = tuner.fit()
+        finished: dict[str, dict[str, Any]] = {}
+        stopped, failed = [], []
+        for result in results:
+            trial_id = _trial_id(result)
+            path = outcomes / f"{trial_id}.json"
+            if path.exists():
+                finished[trial_id] = json.loads(path.read_text())
+            elif result.error is not None:
+                failed.append(trial_id)
+            else:
+                stopped.append(trial_id)
+        _close_stopped(client, parent, stopped + failed)
+        if not finished:
+            raise TrainError(
+                f"{job.name}: no trial of the search finished ({len(failed)} failed, "
+                f"{len(stopped)} stopped); see {storage / name}"
+            )
+        sign = 1.0 if mode == "max" else -1.0
+        best_id = max(
+            finished, key=lambda t: sign * finished[t]["metrics"].get(metric, -sign * np.inf)
+        )
+        best = finished[best_id]
+        best_job = trial_job(job, best["config"])
+        gate_metric, _ = best_job.promotion
+        predictions = best["val_predictions"]
+        decision = register_and_gate(
+            best_job,
+            best["run_id"],
+            best["model_uri"],
+            best["metrics"].get(gate_metric),
+            tuple(np.asarray(p) for p in predictions) if predictions else None,
+        )
+        log_epoch(parent, uri, best["epochs"] - 1, best["metrics"])
+        client.log_dict(parent, best["config"], "search/best_config.json")
+        for key, value in {
+            "setpipe.search.best_trial": best_id,
+            "setpipe.search.best_run": best["run_id"],
+            "setpipe.search.trials": str(len(results)),
+            "setpipe.search.stopped_early": str(len(stopped)),
+        }.items():
+            client.set_tag(parent, key, value)
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        close_run(parent, status)
+        _write_state(job, parent_run_id=parent, tune_run=name, status=status)
+        raise
+    close_run(parent, "FINISHED")
+    _write_state(job, parent_run_id=parent, tune_run=name, status="FINISHED")
+    return SearchSummary(
+        parent_run_id=parent,
+        best_trial=best_id,
+        best_config=best["config"],
+        best_run_id=best["run_id"],
+        metrics=best["metrics"],
+        decision=decision,
+        trials=len(results),
+        stopped_early=sorted(stopped),
+        failed=sorted(failed),
+        wall_s=time.monotonic() - started,
+        resumed=resume,
+    )
+
+
+def _trial_id(result: Any) -> str:
+    """The Tune trial id of a result: its auto-filled metric, else from its directory name
+    (``<trainable>_<trial id>_<index>_<config>_<time>``, for a trial that never reported)."""
+    found = (result.metrics or {}).get("trial_id")
+    if found:
+        return str(found)
+    name = Path(result.path).name.removeprefix("_trial_")
+    return "_".join(name.split("_")[:2])
+
+
+def _close_stopped(client: Any, parent: str, trial_ids: list[str]) -> None:
+    """Nested runs of trials the scheduler stopped (or that failed) end KILLED, not RUNNING."""
+    if not trial_ids:
+        return
+    experiment = client.get_run(parent).info.experiment_id
+    for run in client.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'"):
+        if run.data.tags.get(TRIAL_TAG) in trial_ids and run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "setpipe.search.stopped", "true")
+            client.set_terminated(run.info.run_id, status="KILLED")
