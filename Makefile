@@ -30,7 +30,7 @@ demo: install
 # clusters, Serve apps and global MLflow settings cannot leak into the next. Every group
 # runs; the target fails if any did.
 TEST_GROUPS := "tests/spec tests/models tests/test_*.py" \
-	tests/data tests/tracking tests/train tests/serve tests/jobs
+	tests/data tests/tracking tests/train tests/export tests/serve tests/jobs
 
 test: install
 	$(BIN)/ruff check setpipe tests bench
