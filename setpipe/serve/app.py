@@ -33,7 +33,6 @@ of the replicas, so the health check answers while every slot is busy.
 # the ingress methods; as a string it was left unresolved under Serve (every POST answered
 # 422 "query.request: Field required").
 import asyncio
-import gc
 import logging
 import os
 from typing import Any, Literal
@@ -70,17 +69,6 @@ _REPLICA_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(4 * 1024 * 1024),
     "MALLOC_TRIM_THRESHOLD_": str(32 * 1024 * 1024),
 }
-
-
-def _freeze_heap() -> None:
-    """Move every object alive now (Ray, MLflow, torch, the model: ~350k) out of the
-    collector's sight. Python's full collections scan them all, ~125 ms with the GIL held,
-    and requests' allocations trigger one every so often: a stall of every request in
-    flight, which set the p99 of small requests. After the freeze a full collection scans
-    only what requests allocate. Cyclic garbage alive at the freeze (an old model version
-    replaced by this one) is never collected: one load's worth per alias move."""
-    gc.collect()
-    gc.freeze()
 
 
 class ServeConfig(BaseModel):
@@ -203,7 +191,6 @@ class SetModelServer:
                 from setpipe.export.serving import load_onnx_model as loader
             loaded = await asyncio.to_thread(loader, uri, self._config.tracking_uri)
             self._loaded = loaded  # the swap: batches that start from now on use it
-        await asyncio.to_thread(_freeze_heap)
         log.info("serving %s version %s", self._config.name, version)
 
     async def _follow(self) -> None:
