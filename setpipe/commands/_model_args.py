@@ -1,4 +1,4 @@
-"""Arguments shared by the commands that use a registered model (serve, predict)."""
+"""Arguments shared by the commands that use a registered model (serve, predict, export)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 from setpipe.tracking import store
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, *, ray: bool = True) -> None:
+    """MODEL_URI, --tracking-uri and --workdir; with ``ray``, --address too."""
     parser.add_argument(
         "model_uri",
         metavar="MODEL_URI",
@@ -21,6 +22,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workdir", default=".setpipe", help="work dir holding mlflow.db (default: .setpipe)"
     )
+    if not ray:
+        return
     parser.add_argument(
         "--address",
         default=None,

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from setpipe.commands._model_args import tracking_uri
-from setpipe.tracking import store
+from setpipe.commands._model_args import add_model_arguments, positive_int, tracking_uri
 
 HELP = "Export a registered model as ONNX or torch.export graphs, checked against PyTorch."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model_uri", metavar="MODEL_URI", help=f"registered model: {store.REGISTERED_URI_FORMS}"
-    )
+    add_model_arguments(parser, ray=False)  # export runs in this process: no Ray
     parser.add_argument(
         "--format", required=True, choices=("onnx", "torch-export"), help="graph format"
     )
@@ -22,16 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace --out when it is not empty"
     )
     parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in --workdir)",
-    )
-    parser.add_argument(
-        "--workdir", default=".setpipe", help="work dir holding mlflow.db (default: .setpipe)"
-    )
-    parser.add_argument(
         "--chunked-size",
-        type=int,
+        type=positive_int,
         default=1_000_000,
         help="elements of the one set the chunked graphs are checked on (default 1000000)",
     )
