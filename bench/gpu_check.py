@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from _common import result_line
+from qg_auc import ENCODERS as QG_ENCODERS
 
 from setpipe.data.bad_rows import check_rows
 from setpipe.data.batch import SetBatch
@@ -83,18 +84,12 @@ MBC_ENCODERS: dict[str, dict[str, Any]] = {
         for a in ATTENTIONS
     },
 }
-# The jet taggers of bench/qg_auc.py: the PFN of Komiske et al., UMBC, a Set Transformer.
+# The jet taggers of bench/qg_auc.py, its own configurations: the PFN of Komiske et al.,
+# UMBC, a Set Transformer.
 JET_MODELS: dict[str, dict[str, Any]] = {
-    "pfn": {"kind": "deepsets", "phi": [100, 100, 256], "pooling": "sum", "rho": [100, 100]},
-    "umbc": {
-        "kind": "umbc",
-        "embed": [128, 128],
-        "slots": 16,
-        "heads": 4,
-        "dim": 128,
-        "slot_head": {"kind": "set_transformer", "sab_layers": 1},
-    },
-    "st": {"kind": "set_transformer", "dim": 128, "heads": 4, "layers": 2},
+    "pfn": QG_ENCODERS["deepsets"],
+    "umbc": QG_ENCODERS["umbc"],
+    "st": QG_ENCODERS["set_transformer"],
 }
 # The quickstart job's data: parallel lists of particle pT, eta, phi, PDG id per jet.
 JET_DATA: dict[str, Any] = {
