@@ -12,7 +12,10 @@ shifted train/validation/test, same seed and schedule:
   (``train.lr_multipliers``);
 - probe: the same, encoder frozen (``train.freeze``), only the head trains.
 
-Test AUC with its bootstrap σ (200 resamples) for each. Make the data (hep extra):
+Test AUC with its bootstrap σ (200 resamples) for each; with ``--seeds S`` every shifted run
+is repeated for train.seed 0..S-1 (head initialisation, scratch weights, batch order; the
+source is trained once) and the mean, spread (max - min) and paired gain are reported.
+Make the data (hep extra):
 
     setpipe datagen pythia --out /work/data/qg30k --num-jets 30000 --seed 4242
     setpipe datagen pythia --out /work/data/qg_pt300 --num-jets 2500 --seed 1313 --jet-pt 300,350
@@ -24,7 +27,8 @@ Test AUC with its bootstrap σ (200 resamples) for each. Make the data (hep extr
 shifted runs 2 epochs each (figures near chance).
 
 RESULT scratch_auc=... scratch_sigma=... finetune_auc=... finetune_sigma=... probe_auc=...
-probe_sigma=... source_auc=... gain=...
+probe_sigma=... source_auc=... gain=... (AUCs and σ: means over the seeds; with --seeds > 1
+also *_spread, gain_min and gain_max)
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _common import REPO, result_line, start_ray
 
@@ -91,6 +96,7 @@ def main() -> None:
         default=None,
         help="weights of a source trained before (skips training it; source_auc=nan)",
     )
+    parser.add_argument("--seeds", type=int, default=1, help="shifted runs per variant")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
 
@@ -119,30 +125,42 @@ def main() -> None:
         source_figures, outcome = train(source)
         torch.save(outcome.state_dict, weights)
 
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, list[dict[str, float]]] = {}
     variants = {
         "scratch": {},
         "finetune": {"init": True, "train": {"lr_multipliers": {"encoder": 0.1}}},
         "probe": {"init": True, "train": {"freeze": ["encoder"]}},
     }
     for name, variant in variants.items():
-        raw = base_job(f"ft-{name}", tmp / "work", epochs, args.quick)
-        raw["data"].pop("split", None)
-        raw["data"]["train"] = str(tmp / "shifted" / "train")
-        raw["data"]["validation"] = str(tmp / "shifted" / "validation")
-        raw["data"]["test"] = args.shifted_test
-        if variant.get("init"):
-            raw["model"]["init_from"] = str(weights)
-        raw["train"] |= variant.get("train", {})
-        results[name], _ = train(raw)
+        results[name] = []
+        for seed in range(args.seeds):
+            # One Ray run name per training: a name with checkpoints would resume, not train.
+            raw = base_job(f"ft-{name}-s{seed}", tmp / "work", epochs, args.quick)
+            raw["data"].pop("split", None)
+            raw["data"]["train"] = str(tmp / "shifted" / "train")
+            raw["data"]["validation"] = str(tmp / "shifted" / "validation")
+            raw["data"]["test"] = args.shifted_test
+            if variant.get("init"):
+                raw["model"]["init_from"] = str(weights)
+            raw["train"] |= variant.get("train", {}) | {"seed": seed}
+            results[name].append(train(raw)[0])
 
     print(f"shifted sample: {', '.join(f'{k} {len(v)} files' for k, v in shifted.items())}")
-    figures = {}
+    figures: dict[str, float] = {}
+    aucs = {name: np.array([r["test_auc"] for r in results[name]]) for name in variants}
     for name in variants:
-        figures[f"{name}_auc"] = round(results[name]["test_auc"], 4)
-        figures[f"{name}_sigma"] = round(results[name]["test_auc_sigma"], 4)
+        print(f"{name}: test AUC per seed {np.round(aucs[name], 4).tolist()}")
+        figures[f"{name}_auc"] = round(float(aucs[name].mean()), 4)
+        sigmas = [r["test_auc_sigma"] for r in results[name]]
+        figures[f"{name}_sigma"] = round(float(np.mean(sigmas)), 4)
+        if args.seeds > 1:
+            figures[f"{name}_spread"] = round(float(np.ptp(aucs[name])), 4)
     figures["source_auc"] = round(source_figures["test_auc"], 4)
-    figures["gain"] = round(results["finetune"]["test_auc"] - results["scratch"]["test_auc"], 4)
+    gain = aucs["finetune"] - aucs["scratch"]  # paired by seed
+    figures["gain"] = round(float(gain.mean()), 4)
+    if args.seeds > 1:
+        figures["gain_min"] = round(float(gain.min()), 4)
+        figures["gain_max"] = round(float(gain.max()), 4)
     print(result_line(figures))
 
 

@@ -21,6 +21,7 @@ RESULT pretrain_val_mse=... auc_scratch_1000=... auc_pretrained_1000=... gain_10
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -121,7 +122,8 @@ def main() -> None:
 
     from setpipe.pipeline import train
 
-    torch.set_num_threads(2)
+    # Two threads on the 2-core box, unless a scheduler gave this run fewer (OMP_NUM_THREADS).
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     root = Path(tempfile.mkdtemp(prefix="setpipe-gain-"))
     pool, total = split_jets(args.data, root, args.test, args.validation)
     if args.quick:
