@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     library_logging(quiet=False)
     import ray
 
-    from setpipe.serve.batch_predict import predict_dataset
+    from setpipe.serve.batch_predict import predict_dataset, preflight
 
+    preflight(args.input, args.output)  # bad paths, buckets and credentials fail before Ray starts
     # Called in-process (tests, notebooks) with Ray already up: use it and leave it up.
     owns_ray = not ray.is_initialized()
     if owns_ray:

@@ -72,11 +72,12 @@ def remote_problem(uri: str, err: Exception) -> str | None:
             "read this bucket"
         )
     if "NO_SUCH_BUCKET" in text:
-        return _no_bucket(uri)
+        return no_bucket(uri)
     return None
 
 
-def _no_bucket(uri: str) -> str:
+def no_bucket(uri: str) -> str:
+    """The message for a missing bucket: which, on which server, and the fix."""
     bucket = uri.split("://", 1)[1].split("/", 1)[0]
     return (
         f"{uri}: bucket {bucket} does not exist on {endpoint()}; check the bucket's name, "
@@ -88,7 +89,7 @@ def _check_bucket(fs: pafs.FileSystem, path: str, entry: str) -> None:
     """Nothing found at ``entry``: say so if its whole bucket is missing (object stores)."""
     remote = "://" in entry and not entry.startswith("file://")
     if remote and fs.get_file_info(path.split("/", 1)[0]).type == pafs.FileType.NotFound:
-        raise DataError(_no_bucket(entry))
+        raise DataError(no_bucket(entry))
 
 
 def _is_data_file(path: str) -> bool:

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from setpipe.data.batching import budget_bounds
 from setpipe.data.layout import element_columns
+from setpipe.data.sources import Files, expand, no_bucket, remote_problem
 from setpipe.errors import DataError, ServeError, setpipe_cause
 from setpipe.spec.models import DataSpec, JobSpec
 from setpipe.tracking.pyfunc import NON_FINITE_HINT, NonFiniteOutput
@@ -184,8 +185,18 @@ def output_location(output: str | Path) -> OutputLocation:
 
 
 def check_output(location: OutputLocation) -> None:
-    """ServeError unless the output directory is missing or empty (nothing is replaced)."""
-    info = location.filesystem.get_file_info(location.path)
+    """ServeError unless the output directory is missing or empty (nothing is replaced), and,
+    on an object store, its bucket exists and the store takes the credentials."""
+    remote = not isinstance(location.filesystem, pafs.LocalFileSystem)
+    try:
+        info = location.filesystem.get_file_info(location.path)
+        if info.type == pafs.FileType.NotFound and remote:
+            bucket = location.path.split("/", 1)[0]
+            if location.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise ServeError(f"--output {no_bucket(location.shown)}")
+    except OSError as err:  # the object store refused or failed the request
+        problem = remote_problem(location.shown, err) or f"{location.shown}: {err}"
+        raise ServeError(f"--output {problem}") from None
     if info.type == pafs.FileType.File:
         raise ServeError(
             f"--output {location.shown}: is a file; give a directory (new or empty) for the "
@@ -195,6 +206,15 @@ def check_output(location: OutputLocation) -> None:
         pafs.FileSelector(location.path)
     ):
         raise ServeError(f"--output {location.shown}: not empty; give a new or empty directory")
+
+
+def preflight(source: str, output: str | Path) -> tuple[Files, OutputLocation]:
+    """The input's files and the checked output, before any Ray or model work: a missing
+    path or bucket, refused credentials or a non-empty output fail here in a second."""
+    files = expand(source)
+    out = output_location(output)
+    check_output(out)
+    return files, out
 
 
 def check_written(location: OutputLocation, predicted: int, read: int) -> int:
@@ -243,8 +263,7 @@ def predict_dataset(
     from setpipe.tracking.pyfunc import load_set_model
     from setpipe.tracking.store import resolve
 
-    out = output_location(output)
-    check_output(out)
+    files, out = preflight(source, output)
     name, version = resolve(model_uri, tracking_uri)
     pinned = f"models:/{name}/{version}"
     job = load_set_model(pinned, tracking_uri).job
@@ -259,7 +278,7 @@ def predict_dataset(
         )
     wanted = list(dict.fromkeys([*element_columns(spec), *spec.context, *keep_columns]))
     try:
-        ds = ray.data.read_parquet(source, columns=wanted)
+        ds = ray.data.read_parquet(files.paths, filesystem=files.filesystem, columns=wanted)
         ds.schema()  # opens the first file: a missing column fails here, before the actors start
     except (
         FileNotFoundError,
