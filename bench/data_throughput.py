@@ -5,10 +5,11 @@ parallel list columns (pT, eta, phi float32, pid int32), a label and the jet pT,
 particles per set, written once into a cache directory outside git. Three readers of
 the same files and the same columns, in one run:
 
-- setpipe: ``read_dataset`` (Ray Data, a local Ray whose object store is several times
-  smaller than the data) then ``iter_set_batches`` in the driver, one consumer as a
-  training worker would be: bad-row checks, Arrow -> SetBatch, the default shuffle
-  buffer (10k sets), element-budget batches of 16384. The consumer runs with one torch
+- setpipe: ``read_dataset(..., packed=True)`` as training reads (Ray Data, a local Ray
+  whose object store is several times smaller than the data: the read tasks check the
+  rows and convert them into one float32 [E, F] block each), then ``iter_set_batches``
+  in the driver, one consumer as a training worker would be: the default shuffle buffer
+  (10k sets), element-budget batches of 16384. The consumer runs with one torch
   thread, as a 1-CPU Ray Train worker does (Ray sets its OMP_NUM_THREADS=1): with two
   threads on two cores already busy with read tasks, OpenMP's spinning threads take
   half the driver's CPU (9.3 instead of 15.6 M el/s measured here);
@@ -184,7 +185,7 @@ def setpipe_pass(files: list[Path] | list[str]) -> tuple[float, float, int, int,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    ds = read_dataset(spec, "train")
+    ds = read_dataset(spec, "train", packed=True)
     first = None
     for batch in iter_set_batches(ds, spec, FittedTransforms.from_spec(spec), stats=stats):
         if first is None:

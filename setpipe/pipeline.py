@@ -114,7 +114,8 @@ def read_inputs(job: JobSpec, *, address: str | None = None) -> Inputs:
     except DataError:
         data_fingerprint = None  # read_dataset names the empty source in its own words
     splits = ("train", "validation", "test")
-    datasets = {split: read_dataset(job.data, split, model=job.model) for split in splits}
+    # Packed: the read tasks convert the rows; the training workers only shuffle and slice.
+    datasets = {s: read_dataset(job.data, s, model=job.model, packed=True) for s in splits}
     transforms = fit_transforms(job.data, datasets["train"], model=job.model)
     example = table_to_batch(_first_sets(datasets, 4), job.data)
     return Inputs(datasets, transforms, example, data_fingerprint)

@@ -9,7 +9,10 @@ has already listed the files and read every footer to check the schemas, so its 
 A unit is one file's consecutive row groups up to about ``UNIT_BYTES`` uncompressed
 (a file's row groups are never split further). A task reads only the job's columns, one
 row group at a time, adds the file each row came from and the row's index in it, keeps its
-split's rows, and runs the bad-row check on them (``BAD_COLUMN``). With ``shuffle_seed``
+split's rows, and runs the bad-row check on them (``BAD_COLUMN``). A packed read also
+converts them (``packing.pack``): the task hands over one contiguous float32 ``[E, F]``
+block with int64 offsets (and context, targets, weights), which the consumer only views,
+shuffles and slices. With ``shuffle_seed``
 the units come in an order drawn per execution from the seed and Ray's execution index,
 so epochs differ and runs repeat.
 
@@ -35,6 +38,7 @@ from ray.data import Datasource
 from setpipe._compat import BlockMetadata, ReadTask
 from setpipe.data.bad_rows import RowCheck
 from setpipe.data.layout import BAD_COLUMN, PATH_COLUMN, ROW_COLUMN
+from setpipe.data.packing import pack
 from setpipe.data.sources import remote_problem
 from setpipe.data.split import SPLIT_CODE, assign
 from setpipe.spec.models import SplitSpec
@@ -134,10 +138,12 @@ def read_unit(
     split_filter: SplitFilter | None,
     check: RowCheck | None = None,
     only_bad: bool = False,
+    packed: bool = False,
 ) -> Iterator[pa.Table]:
     """The unit's rows, one row group at a time: the job's columns, the file, the row's index
     in it and, with ``check``, what is wrong with each row (``only_bad``: the first bad row
-    of each row group alone, for a pass that only looks for bad rows)."""
+    of each row group alone, for a pass that only looks for bad rows; ``packed``: the
+    checked rows converted, ``packing.pack``)."""
     try:
         handle = filesystem.open_input_file(unit.path)
     except (OSError, pa.ArrowException) as err:
@@ -153,7 +159,8 @@ def read_unit(
             try:
                 table = parquet.read_row_group(g, columns=columns)
             except (OSError, pa.ArrowException) as err:
-                yield unreadable(unit, parquet.schema_arrow, columns, i, err)
+                table = unreadable(unit, parquet.schema_arrow, columns, i, err)
+                yield pack(table, check.spec) if packed and check is not None else table
                 return
             rows = np.arange(first, first + table.num_rows, dtype=np.int64)
             if split_filter is not None:
@@ -169,6 +176,8 @@ def read_unit(
             if only_bad:
                 bad = table.filter(pc.is_valid(table.column(BAD_COLUMN)))
                 table = bad.slice(0, 1).select([PATH_COLUMN, ROW_COLUMN, BAD_COLUMN])
+            elif packed:
+                table = pack(table, check.spec)
             yield table
 
 
@@ -184,6 +193,7 @@ class SetParquetDatasource(Datasource):
         shuffle_seed: int | None = None,
         check: RowCheck | None = None,
         only_bad: bool = False,
+        packed: bool = False,
     ) -> None:
         self._filesystem = filesystem
         self._units = units
@@ -192,6 +202,7 @@ class SetParquetDatasource(Datasource):
         self._shuffle_seed = shuffle_seed
         self._check = check
         self._only_bad = only_bad
+        self._packed = packed
         self._calls = 0
 
     def get_name(self) -> str:
@@ -237,6 +248,7 @@ class SetParquetDatasource(Datasource):
                 self._split_filter,
                 self._check,
                 self._only_bad,
+                self._packed,
             )
             tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
         return tasks

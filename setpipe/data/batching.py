@@ -190,7 +190,12 @@ def iter_set_batches(
             stats.skipped_rows += skipped
             if not table.num_rows:
                 continue
+            # A packed block (read_dataset(..., packed=True)) is only viewed here: its read
+            # task converted it.
             raw = transforms.weigh(table_to_batch(table, spec), reweight_values(table, spec))
+            if transforms.features is None:  # raw features: no transform to make one non-finite
+                yield raw
+                continue
             batch = transforms.apply(raw)
             # One pass over the output; the op-by-op diagnosis only for a block that needs it.
             if not bool(torch.isfinite(batch.values).all()):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from setpipe.data._read_task import ReadUnit, SetParquetDatasource, SplitFilter, units_of
 from setpipe.data.bad_rows import (
@@ -32,6 +33,7 @@ from setpipe.data.bad_rows import (
 )
 from setpipe.data.convert import reweight_values, table_to_batch
 from setpipe.data.layout import PATH_COLUMN, ROW_COLUMN, check_files, needed_columns
+from setpipe.data.packing import block_sizes
 from setpipe.data.sources import Files, expand
 from setpipe.data.transforms import FittedTransforms, fit_on_batches
 from setpipe.data.weights import WeightFit
@@ -60,12 +62,16 @@ def _units(files: Files, spec: DataSpec) -> list[ReadUnit]:
 
 
 def read_dataset(
-    spec: DataSpec, split: Split, *, model: ModelSpec | None = None
+    spec: DataSpec, split: Split, *, model: ModelSpec | None = None, packed: bool = False
 ) -> ray.data.Dataset | None:
     """The job's ``split`` as a Ray Dataset of Arrow rows; None when it has no source.
 
     Every file's schema is checked (footers only) before any row is read. The read tasks
     check every row (``bad_rows``), labels against ``model``'s task when it is given.
+    ``packed``: the read tasks also convert the rows (``packing``): each block holds the
+    sets' features as one float32 ``[E, F]`` buffer, which ``table_to_batch`` and
+    ``iter_set_batches`` view without converting; the job's raw columns are not kept
+    (training reads this way; ``inspect`` and the benches that count raw lists do not).
     """
     import ray.data
 
@@ -78,7 +84,7 @@ def read_dataset(
     seed = spec.shuffle.seed if split == "train" and spec.shuffle.files else None
     check = RowCheck(spec, None if model is None else LabelRule.of(model))
     datasource = SetParquetDatasource(
-        files.filesystem, units, needed_columns(spec), split_filter, seed, check
+        files.filesystem, units, needed_columns(spec), split_filter, seed, check, packed=packed
     )
     # One block per unit: Ray would otherwise cut each task's output into many small ones.
     return ray.data.read_datasource(datasource, override_num_blocks=max(1, len(units)))
@@ -119,6 +125,24 @@ def check_labels(spec: DataSpec, model: ModelSpec) -> None:
     files_at = np.array([order[p] for p in bad.column(PATH_COLUMN).to_pylist()])
     first = np.lexsort((np.nan_to_num(rows, nan=-1.0), files_at, ~np.isnan(rows)))[0]
     raise first_reader_error(bad.slice(int(first), 1), np.ones(1, dtype=bool))
+
+
+def _count(table: pa.Table, spec: DataSpec) -> pa.Table:
+    sizes = block_sizes(table, spec)
+    return pa.table({"sets": [len(sizes)], "elements": [int(sizes.sum())]})
+
+
+def count_sets(dataset: ray.data.Dataset, spec: DataSpec) -> tuple[int, int]:
+    """(sets, elements) of a Dataset from ``read_dataset``, packed or not. Counted in the
+    read tasks: only two numbers per block reach the driver."""
+    counts = dataset.map_batches(
+        _count, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None
+    )
+    sets = elements = 0
+    for table in counts.iter_batches(batch_size=None, batch_format="pyarrow"):
+        sets += int(pc.sum(table.column("sets")).as_py() or 0)
+        elements += int(pc.sum(table.column("elements")).as_py() or 0)
+    return sets, elements
 
 
 def iter_tables(source: ray.data.Dataset | ray.data.DataIterator) -> object:

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from setpipe.data.layout import element_columns
 from setpipe.errors import TrainError, setpipe_cause
 from setpipe.spec.models import DataSpec, JobSpec
 from setpipe.train import finetune
@@ -82,13 +81,9 @@ def estimate_steps(dataset: Any, spec: DataSpec, world: int) -> int:
     when the next set would pass the element budget, so it holds about
     (budget - mean/2) / mean sets; a set over the budget is a batch alone.
     """
-    import pyarrow.compute as pc
+    from setpipe.data.reading import count_sets
 
-    sets = elements = 0
-    column = element_columns(spec)[0]
-    for table in dataset.select_columns([column]).iter_batches(batch_format="pyarrow"):
-        sets += table.num_rows
-        elements += int(pc.sum(pc.list_value_length(table.column(column))).as_py() or 0)
+    sets, elements = count_sets(dataset, spec)  # packed or not
     if sets == 0:
         raise TrainError("the training split is empty: no sets to train on")
     mean = elements / sets
