@@ -7,6 +7,7 @@ offsets, eaten by the encoders, and built again by serving from a request.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -157,6 +158,14 @@ class SetBatch:
             weights=cat([b.weights for b in batches]),
         )
 
+    @staticmethod
+    def gather(sources: list[SetBatch], source: np.ndarray, sets: np.ndarray) -> SetBatch:
+        """Set ``sets[i]`` of ``sources[source[i]]`` for every i, as one new CPU batch, each
+        element copied once: no concatenation of the sources first. The sets come grouped by
+        source (in the given order within each), which a loss over sets does not see.
+        Optional fields: all sources have them or none."""
+        return gather_sets([numpy_views(b) for b in sources], source, sets)
+
     def slice_sets(self, start: int, stop: int) -> SetBatch:
         """Sets ``start:stop`` as a new batch; values are views, no copy."""
         lo, hi = int(self.offsets[start]), int(self.offsets[stop])
@@ -217,12 +226,78 @@ def chunk_ranges(
 _ROW_WORDS = {4: np.dtype(np.int32), 8: np.dtype(np.int64), 16: np.dtype(np.complex128)}
 
 
-def take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``a[rows]`` for a 2-D array: each row moved as one item (an integer or complex word of
-    its width, else raw bytes), a plain copy loop instead of a strided one per feature."""
+def take_rows(a: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a[rows]`` for a 2-D array (into ``out``, C-contiguous, if given): each row moved as
+    one item (an integer or complex word of its width, else raw bytes), a plain copy loop
+    instead of a strided one per feature."""
     if a.ndim != 2 or a.shape[1] == 0:
-        return a[rows]
+        if out is None:
+            return a[rows]
+        out[...] = a[rows]
+        return out
     a = np.ascontiguousarray(a)
     width = a.shape[1] * a.itemsize
     word = _ROW_WORDS.get(width, np.dtype((np.void, width)))
-    return np.take(a.view(word).reshape(-1), rows).view(a.dtype).reshape(len(rows), a.shape[1])
+    if out is None:
+        out = np.empty((len(rows), a.shape[1]), dtype=a.dtype)
+    np.take(a.view(word).reshape(-1), rows, out=out.view(word).reshape(-1))
+    return out
+
+
+FIELDS = ("values", "offsets", "context", "targets", "element_targets", "weights")
+ELEMENT_FIELDS = ("values", "element_targets")
+SET_FIELDS = ("context", "targets", "weights")
+
+
+def numpy_views(batch: SetBatch) -> dict[str, np.ndarray | None]:
+    """A CPU batch's fields as numpy arrays over the same memory (taken once per block:
+    ``Tensor.numpy()`` costs ~15 us a call)."""
+    return {name: None if (t := getattr(batch, name)) is None else t.numpy() for name in FIELDS}
+
+
+def gather_sets(
+    sources: list[dict[str, np.ndarray | None]], source: np.ndarray, sets: np.ndarray
+) -> SetBatch:
+    """``SetBatch.gather`` over the sources' ``numpy_views``."""
+    order = np.argsort(source, kind="stable")
+    source, sets = source[order], sets[order]
+    cuts = np.searchsorted(source, np.arange(len(sources) + 1))
+    groups = [(s, int(lo), int(hi)) for s, (lo, hi) in enumerate(itertools.pairwise(cuts))]
+    groups = [g for g in groups if g[2] > g[1]]
+    starts = np.empty(len(sets), dtype=np.int64)
+    sizes = np.empty(len(sets), dtype=np.int64)
+    for s, lo, hi in groups:
+        bounds = sources[s]["offsets"]
+        assert bounds is not None
+        starts[lo:hi] = bounds[sets[lo:hi]]
+        sizes[lo:hi] = bounds[sets[lo:hi] + 1] - starts[lo:hi]
+    offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    like = sources[groups[0][0] if groups else 0]
+    out: dict[str, np.ndarray | None] = {}
+    for name in (*ELEMENT_FIELDS, *SET_FIELDS):
+        a = like[name]
+        rows = int(offsets[-1]) if name in ELEMENT_FIELDS else len(sets)
+        out[name] = None if a is None else np.empty((rows, *a.shape[1:]), a.dtype)
+    for s, lo, hi in groups:
+        src, a, b = sources[s], int(offsets[lo]), int(offsets[hi])
+        elem = np.repeat(starts[lo:hi] - offsets[lo:hi], sizes[lo:hi])
+        elem += np.arange(a, b, dtype=np.int64)
+        take_rows(src["values"], elem, out=out["values"][a:b])  # type: ignore[arg-type,index]
+        if (et := out["element_targets"]) is not None:
+            np.take(src["element_targets"], elem, out=et[a:b])  # type: ignore[arg-type]
+        for name in SET_FIELDS:
+            if (o := out[name]) is not None:
+                np.take(src[name], sets[lo:hi], axis=0, out=o[lo:hi])  # type: ignore[arg-type]
+
+    def tensor(a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(a)
+
+    return SetBatch(
+        values=torch.from_numpy(out["values"]),  # type: ignore[arg-type]
+        offsets=torch.from_numpy(offsets),
+        context=tensor(out["context"]),
+        targets=tensor(out["targets"]),
+        element_targets=tensor(out["element_targets"]),
+        weights=tensor(out["weights"]),
+    )

@@ -3,14 +3,15 @@
 A batch closes when the next set would take it past ``data.batch.element_budget``; a
 set larger than the budget goes alone (the encoder chunks it). The shuffle buffer
 holds at most ``data.shuffle.buffer_sets`` sets (plus one incoming block): when full,
-a random half of it is passed on. Every random draw comes from
-``numpy.random.default_rng([seed, epoch])``, so an epoch is reproducible given the
-order the blocks arrive in.
+a random half of it is passed on; each batch is gathered straight from the blocks the
+buffer holds, so an element is copied once (``shuffled_batches``). Every random draw
+comes from ``numpy.random.default_rng([seed, epoch])``, so an epoch is reproducible
+given the order the blocks arrive in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from setpipe.data.bad_rows import check_rows, drop_problem_rows
-from setpipe.data.batch import SetBatch
+from setpipe.data.batch import SetBatch, gather_sets, numpy_views
 from setpipe.data.convert import reweight_values, table_to_batch
 from setpipe.data.transforms import FittedTransforms
 from setpipe.spec.models import DataSpec
@@ -140,6 +141,58 @@ def shuffle_sets(
         yield merged.select(torch.from_numpy(rng.permutation(held)))
 
 
+def shuffled_batches(
+    chunks: Iterable[SetBatch], buffer_sets: int, budget: int, rng: np.random.Generator
+) -> Iterator[SetBatch]:
+    """``budget_batches(shuffle_sets(...))`` with each element copied once.
+
+    The same buffer: when it holds ``buffer_sets`` sets, a random half stays and the rest is
+    passed on, cut into element-budget batches; but each batch is gathered straight from
+    the blocks the buffer holds (``SetBatch.gather``), not from a concatenation of them, and
+    only the sets that stay are copied again, into one block, so the blocks they came from
+    are freed (memory stays bounded by the buffer and the blocks in flight). A round's last
+    batch, which may be under budget, goes back into the buffer; at the end of the data
+    every set is passed on.
+    """
+    pool: list[SetBatch] = []
+    held = 0
+    for chunk in chunks:
+        pool.append(chunk)
+        held += chunk.num_sets
+        if held < buffer_sets:
+            continue
+        kept = yield from _draw(pool, held, buffer_sets // 2, budget, rng, final=False)
+        pool, held = ([kept], kept.num_sets) if kept.num_sets else ([], 0)
+    if held:
+        yield from _draw(pool, held, 0, budget, rng, final=True)
+
+
+def _draw(
+    pool: list[SetBatch],
+    held: int,
+    keep: int,
+    budget: int,
+    rng: np.random.Generator,
+    *,
+    final: bool,
+) -> Generator[SetBatch, None, SetBatch]:
+    """One round of ``shuffled_batches``: yields the batches, returns the sets kept."""
+    perm = rng.permutation(held)
+    base = np.zeros(len(pool) + 1, dtype=np.int64)
+    np.cumsum([b.num_sets for b in pool], out=base[1:])
+    source = np.searchsorted(base, perm, side="right") - 1
+    local = perm - base[source]
+    sizes = np.concatenate([b.sizes().numpy() for b in pool])[perm]
+    bounds = budget_bounds(sizes[keep:], budget) + keep
+    passed = max(len(bounds) - (1 if final else 2), 0)  # a round's last batch goes back
+    views = [numpy_views(b) for b in pool]
+    for i in range(passed):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        yield gather_sets(views, source[lo:hi], local[lo:hi])
+    rest = np.r_[0:keep, int(bounds[passed]) : held]
+    return gather_sets(views, source[rest], local[rest])
+
+
 def padding_fraction(sizes: np.ndarray, budget: int, bucket_window: int | None = None) -> float:
     """Padding share of element-budget batches over ``sizes`` (sorted per window if given)."""
     sizes = np.asarray(sizes, dtype=np.int64)
@@ -208,13 +261,16 @@ def iter_set_batches(
                 yield batch
 
     chunks: Iterable[SetBatch] = blocks()
-    if shuffle and spec.shuffle.buffer_sets > 0:
-        chunks = shuffle_sets(chunks, spec.shuffle.buffer_sets, rng)
-    budget = spec.batch.element_budget
-    if spec.batch.bucket_by_size:
-        batches = bucket_batches(chunks, budget, rng)
+    budget, buffer = spec.batch.element_budget, spec.shuffle.buffer_sets
+    if shuffle and buffer > 0 and not spec.batch.bucket_by_size:
+        batches = shuffled_batches(chunks, buffer, budget, rng)
     else:
-        batches = budget_batches(chunks, budget)
+        if shuffle and buffer > 0:
+            chunks = shuffle_sets(chunks, buffer, rng)
+        if spec.batch.bucket_by_size:
+            batches = bucket_batches(chunks, budget, rng)
+        else:
+            batches = budget_batches(chunks, budget)
     for batch in batches:
         stats.add(batch)
         yield batch
