@@ -17,9 +17,11 @@ checkpoint, so no trial ever gets a second MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ from setpipe.errors import TrainError
 from setpipe.spec.models import JobSpec
 from setpipe.spec.space import trial_job
 
+TRIAL_CPU = 0.1
+"""CPU a trial's own process reserves: it only drives its Ray Train workers, and Tune refuses
+an empty resource request."""
 TRIAL_TAG = "setpipe.search.trial"
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "setpipe.search"
@@ -85,6 +90,59 @@ def _param_space(job: JobSpec) -> dict[str, Any]:
     return space
 
 
+def trial_resources(job: JobSpec, cluster_cpus: float) -> tuple[dict[str, Any], str | None]:
+    """(overrides that size each trial's Ray Train workers, a note or None).
+
+    Every running trial holds its workers' CPUs for its whole run, and each trial's Ray Data
+    read tasks need a free CPU (``setpipe.train.resources.DATA_CPUS``) to run at all. Sized
+    one trial at a time (``worker_resources``), ``concurrency`` trials of 1 worker x 1 CPU on
+    2 CPUs leave 0.8 CPU: no read task is ever scheduled, and every trial waits forever
+    ("Cluster resources are not enough to run any task from ReadReadSetParquet"). So the
+    CPUs left after the trials' own processes and Ray Data are shared out among all the
+    workers of all concurrent trials, 1 CPU each at most; a job's own
+    ``resources_per_worker.CPU`` that does not fit is refused, naming the numbers.
+    """
+    from setpipe.train.resources import DATA_CPUS, MIN_WORKER_CPUS
+
+    assert job.search is not None
+    running = min(job.search.concurrency, job.search.trials)
+    workers = max(1, job.train.workers)  # workers: 0 trains on one worker in a trial
+    free = cluster_cpus - DATA_CPUS - running * TRIAL_CPU
+    asked = job.train.resources_per_worker.get("CPU")
+    if asked is not None:
+        if running * workers * asked <= free:
+            return {}, None
+        fits = int((cluster_cpus - DATA_CPUS) // (workers * asked + TRIAL_CPU))
+        raise TrainError(
+            f"{job.name}: search.concurrency {running} x train.workers {workers} x "
+            f"train.resources_per_worker.CPU {asked:g} = {running * workers * asked:g} CPUs, "
+            f"but the cluster's {cluster_cpus:g} CPUs leave {max(free, 0):g} after "
+            f"{running} x {TRIAL_CPU:g} for the trials and {DATA_CPUS:g} for reading data: "
+            "the trials would wait forever for each other. "
+            + (f"Set search.concurrency to {fits}" if fits else "Use fewer train.workers")
+            + f", or resources_per_worker.CPU to {max(free, 0) / (running * workers):.3g}, "
+            "or add CPUs"
+        )
+    share = min(1.0, free / (running * workers))
+    if share < MIN_WORKER_CPUS:
+        fits = int((cluster_cpus - DATA_CPUS) // (workers * MIN_WORKER_CPUS + TRIAL_CPU))
+        raise TrainError(
+            f"{job.name}: search.concurrency {running} x train.workers {workers} on a cluster "
+            f"of {cluster_cpus:g} CPUs: after {running} x {TRIAL_CPU:g} for the trials and "
+            f"{DATA_CPUS:g} for reading data each worker would get {max(share, 0):.2g} CPU "
+            f"(at least {MIN_WORKER_CPUS:g} is needed). "
+            + (f"Set search.concurrency to {fits} or less" if fits else "Use fewer workers")
+            + ", or add CPUs"
+        )
+    if share >= 1.0:
+        return {}, None
+    return {"train.resources_per_worker": {"CPU": round(share, 4)}}, (
+        f"search.concurrency {running} x train.workers {workers} on {cluster_cpus:g} CPUs: "
+        f"each trial's worker takes {share:.3g} CPU so that {DATA_CPUS:g} stays free for "
+        "reading data (set train.resources_per_worker.CPU to choose)"
+    )
+
+
 def _nested_run(job: JobSpec, parent: str, trial: str) -> str:
     """The trial's MLflow run: the one already tagged with its trial id, else a new one."""
     from mlflow.tracking import MlflowClient
@@ -103,7 +161,63 @@ def _nested_run(job: JobSpec, parent: str, trial: str) -> str:
     return open_run(job, tags={PARENT_TAG: parent, TRIAL_TAG: trial, ROLE_TAG: "trial"})
 
 
-def _trial(config: dict[str, Any], *, job: JobSpec, parent: str, outcomes: str) -> None:
+def _record_placement_group(path: str, epoch: int, metrics: dict[str, float]) -> None:
+    """``on_epoch`` on rank 0 of a trial's Train run: the id of the workers' placement group
+    (every epoch: a restarted worker group has a new one)."""
+    import ray.util
+
+    group = ray.util.get_current_placement_group()
+    if group is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(group.id.hex())
+
+
+def _group_file(outcomes: Path, trial_id: str) -> Path:
+    return outcomes / f"{trial_id}.placement_group"
+
+
+def _train_groups_remover(outcomes: Path) -> Any:
+    """A Tune callback that removes a trial's Train workers' placement group when it ends.
+
+    ASHA stops a trial by ending its process, and with it the Ray Train controller the trial
+    started; the workers' placement group outlives them (a placement group lives as long as
+    the job that made it, and Train V2's own cleaner asks the dashboard's state API, which
+    a local Ray without a dashboard, or a host running two Rays, cannot answer). Each
+    stopped trial then kept its workers' CPUs until the search ended, and the next trials
+    waited forever for them. Rank 0 records the group's id every epoch, before the epoch's
+    report reaches Tune, so the group is known when ASHA stops the trial; removing it ends
+    the workers (a trial that finished by itself has removed its group already).
+    """
+    import ray
+    from ray import tune
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    def remove(trial: Any) -> None:
+        path = _group_file(outcomes, trial.trial_id)
+        if not path.exists():
+            return
+        group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(path.read_text())))
+        with contextlib.suppress(Exception):  # removed already: the Train run ended
+            remove_placement_group(group)
+
+    class RemoveTrainGroups(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
+            remove(trial)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any):
+            remove(trial)
+
+    return RemoveTrainGroups()
+
+
+def _trial(
+    config: dict[str, Any],
+    *,
+    job: JobSpec,
+    parent: str,
+    outcomes: str,
+    resources: dict[str, Any],
+) -> None:
     """One Tune trial: the job with ``config``'s values, trained, logged and its model logged."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -112,11 +226,15 @@ def _trial(config: dict[str, Any], *, job: JobSpec, parent: str, outcomes: str) 
     from setpipe.tracking.store import tracking_uri_for
 
     trial_id = tune.get_context().get_trial_id()
+    group_file = _group_file(Path(outcomes), trial_id)  # see _train_groups_remover
     # Train V2's in-process mode (workers: 0) cannot run inside a Tune trial: its
     # ray.train calls resolve to Tune's session there and fail. A trial trains on one
     # Ray Train worker instead, whose epochs reach Tune through Ray Train's callback.
     workers = {"train.workers": 1} if job.train.workers == 0 else {}
-    candidate = trial_job(job, config | workers)
+    # No worker-group restarts inside a trial: a restart after the search removed a stopped
+    # trial's placement group would make a new group that nothing removes.
+    no_restarts = {"train.max_failures": 0}
+    candidate = trial_job(job, config | workers | resources | no_restarts)
     run_id = _nested_run(candidate, parent, trial_id)
     try:
         trained = pipeline.train(
@@ -124,6 +242,7 @@ def _trial(config: dict[str, Any], *, job: JobSpec, parent: str, outcomes: str) 
             progress=False,
             run_id=run_id,
             ray_run=f"{job.name}-{trial_id}",
+            on_epoch=partial(_record_placement_group, str(group_file)),
             callbacks=[TuneReportCallback()],
         )
         outcome = trained.outcome
@@ -162,6 +281,7 @@ def tune(
 ) -> SearchSummary:
     """Run ``job.search`` on Ray Tune; register the best trial's model through the gate."""
     import numpy as np
+    import ray
     from mlflow.tracking import MlflowClient
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
@@ -179,6 +299,10 @@ def tune(
     started = time.monotonic()
     state = _read_state(job)
     pipeline.connect(address or job.cluster.address)
+    # Before the parent run opens: a search that cannot fit the cluster leaves no run behind.
+    resources, note = trial_resources(job, ray.cluster_resources().get("CPU", 0.0))
+    if note and progress:
+        print(f"note: {note}", flush=True)
     if resume:
         if state is None or state["status"] == "FINISHED":
             last = f"its last search {state['status']}" if state else "it has no search yet"
@@ -197,10 +321,10 @@ def tune(
     client = MlflowClient(uri)
     metric, direction = job.search_objective
     mode = "max" if direction == "maximize" else "min"
-    trainable = ray_tune.with_parameters(_trial, job=job, parent=parent, outcomes=str(outcomes))
-    # The trial only drives its Ray Train workers, which hold the CPUs (Tune refuses an
-    # empty resource request, hence a sliver).
-    trainable = ray_tune.with_resources(trainable, {"cpu": 0.1})
+    trainable = ray_tune.with_parameters(
+        _trial, job=job, parent=parent, outcomes=str(outcomes), resources=resources
+    )
+    trainable = ray_tune.with_resources(trainable, {"cpu": TRIAL_CPU})
     try:
         if resume and ray_tune.Tuner.can_restore(str(storage / name)):
             tuner = ray_tune.Tuner.restore(
@@ -233,7 +357,10 @@ def tune(
                     ),
                 ),
                 run_config=ray_tune.RunConfig(
-                    name=name, storage_path=str(storage), verbose=1 if progress else 0
+                    name=name,
+                    storage_path=str(storage),
+                    verbose=1 if progress else 0,
+                    callbacks=[_train_groups_remover(outcomes)],
                 ),
             )
         results = tuner.fit()
@@ -248,15 +375,17 @@ def tune(
                 failed.append(trial_id)
             else:
                 stopped.append(trial_id)
-        _close_stopped(client, parent, stopped + failed)
+        _close_stopped(client, parent, stopped, failed)
         if not finished:
             raise TrainError(
                 f"{job.name}: no trial of the search finished ({len(failed)} failed, "
                 f"{len(stopped)} stopped); see {storage / name}"
             )
         sign = 1.0 if mode == "max" else -1.0
+        # Ties (two trials at val_auc 1.0) go to the lowest trial id: the first one sampled.
         best_id = max(
-            finished, key=lambda t: sign * finished[t]["metrics"].get(metric, -sign * np.inf)
+            sorted(finished),
+            key=lambda t: sign * finished[t]["metrics"].get(metric, -sign * np.inf),
         )
         best = finished[best_id]
         best_job = trial_job(job, best["config"])
@@ -310,12 +439,15 @@ def _trial_id(result: Any) -> str:
     return "_".join(name.split("_")[:2])
 
 
-def _close_stopped(client: Any, parent: str, trial_ids: list[str]) -> None:
-    """Nested runs of trials the scheduler stopped (or that failed) end KILLED, not RUNNING."""
-    if not trial_ids:
+def _close_stopped(client: Any, parent: str, stopped: list[str], failed: list[str]) -> None:
+    """Nested runs of trials the scheduler stopped (or that failed) end KILLED, not RUNNING
+    (nor FAILED: a stopped trial's workers end when its placement group is removed, and its
+    training then fails)."""
+    if not stopped and not failed:
         return
     experiment = client.get_run(parent).info.experiment_id
     for run in client.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'"):
-        if run.data.tags.get(TRIAL_TAG) in trial_ids and run.info.status == "RUNNING":
+        trial, status = run.data.tags.get(TRIAL_TAG), run.info.status
+        if (trial in stopped and status != "FINISHED") or (trial in failed and status == "RUNNING"):
             client.set_tag(run.info.run_id, "setpipe.search.stopped", "true")
             client.set_terminated(run.info.run_id, status="KILLED")
