@@ -220,3 +220,18 @@ def test_the_packing_imports_neither_ray_nor_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_damaged_row_group_packs_to_the_same_schema_and_message(tmp_path: Path) -> None:
+    from test_corrupt_parquet import assert_one_line, corrupt_files
+
+    path = corrupt_files(tmp_path)
+    data = spec(str(path), PARALLEL, **LABELS)
+    raw, packed = read_file(path, data, packed=False), read_file(path, data, packed=True)
+    assert [t.num_rows for t in packed] == [t.num_rows for t in raw] == [10, 10, 1]
+    # One schema for every block of the task (Ray concatenates them into one block).
+    assert packed[2].schema == packed[0].schema
+    for tables in (raw, packed):
+        with pytest.raises(DataError) as err:
+            check_rows(tables[2], data.model_copy(update={"on_bad_row": "skip"}), "the data")
+        assert_one_line(str(err.value), path)
