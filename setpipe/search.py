@@ -105,6 +105,8 @@ def trial_resources(job: JobSpec, cluster_cpus: float) -> tuple[dict[str, Any], 
     from setpipe.train.resources import DATA_CPUS, MIN_WORKER_CPUS
 
     assert job.search is not None
+    if cluster_cpus <= 0:  # no CPU yet (an autoscaling cluster's head): left to Ray
+        return {}, None
     running = min(job.search.concurrency, job.search.trials)
     workers = max(1, job.train.workers)  # workers: 0 trains on one worker in a trial
     free = cluster_cpus - DATA_CPUS - running * TRIAL_CPU

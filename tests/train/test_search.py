@@ -115,6 +115,7 @@ def test_concurrent_trials_leave_a_cpu_for_reading_data() -> None:
     assert note is not None and "0.4 CPU so that 1 stays free for reading data" in note
     # Room for 1 CPU per worker: the job is left as it is.
     assert trial_resources(job, 8.0) == ({}, None)
+    assert trial_resources(job, 0.0) == ({}, None)  # an autoscaling cluster's empty head
     # A job's own CPU that cannot fit is refused with the numbers and the fix.
     asked = search_job(Path("/data"), Path("/work"), concurrency=3)
     asked = asked.model_copy(
