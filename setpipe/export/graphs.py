@@ -35,6 +35,7 @@ from setpipe.errors import ModelError
 from setpipe.models.deepsets import DeepSets
 from setpipe.models.set_model import SetModel
 from setpipe.models.set_transformer import SetTransformerEncoder
+from setpipe.models.slot_context import SlotStates
 from setpipe.models.umbc import UMBC, attention_weights
 
 ACC = torch.float64
@@ -188,10 +189,31 @@ class _UMBCOps:
         return out
 
 
+class _SlotStatesOps(_UMBCOps):
+    """A UMBC read by a rank head with ``context: slots`` (``SlotStates``): UMBC's state and
+    update; finalize gives the finalized slots flattened [B, S * D] (then the context), the
+    embedding the head's slot attention unflattens."""
+
+    def __init__(self, enc: SlotStates) -> None:
+        super().__init__(enc.inner)
+        self.num_context = enc.num_context
+
+    def finalize(self, state, context):
+        num, den = state[0].to(torch.float32), state[1].to(torch.float32)
+        query = self.query.to(num.device)
+        spare = {"num": with_spare_sets(num), "den": with_spare_sets(den), "query": query}
+        out = self.enc.slot_states(spare)[: num.shape[0]].flatten(1)
+        if self.num_context:
+            out = torch.cat([out, context], 1)
+        return out
+
+
 def _ops(model: SetModel) -> _DeepSetsOps | _UMBCOps:
     enc = model.encoder
     if isinstance(enc, DeepSets):
         return _DeepSetsOps(enc)
+    if isinstance(enc, SlotStates):
+        return _SlotStatesOps(enc)
     if isinstance(enc, UMBC):
         return _UMBCOps(enc)
     raise ModelError(

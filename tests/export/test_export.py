@@ -37,13 +37,18 @@ ENCODERS: dict[str, dict[str, Any]] = {
         "slot_head": {"kind": "mlp"},
     },
     "set_transformer": {"kind": "set_transformer", "dim": 8, "heads": 2, "layers": 1},
+    "deepsets_lcm": {"kind": "deepsets", "phi": [8], "rho": [8], "pooling": "lcm"},
 }
 F, C = 3, 2
 MIXED = [0, 1, 2, 5, 17]  # an empty set, a single element, chunks cutting through sets
 
 
 def make(encoder: str, task: str, context: int = C, seed: int = 0) -> SetModel:
-    spec: dict[str, Any] = {"task": task, "encoder": ENCODERS[encoder], "head": {"hidden": [8]}}
+    """``task`` rank_slots: a rank head whose elements attend to the set's slots."""
+    head: dict[str, Any] = {"hidden": [8]}
+    if task == "rank_slots":
+        task, head = "rank", {"hidden": [8], "context": "slots"}
+    spec: dict[str, Any] = {"task": task, "encoder": ENCODERS[encoder], "head": head}
     if task == "classify":
         spec["num_classes"] = 3
     torch.manual_seed(seed)
@@ -84,6 +89,8 @@ def arrays(b: SetBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         ("set_transformer", "classify", "torch-export"),
         ("umbc", "rank", "torch-export"),
         ("deepsets_max", "regress", "torch-export"),
+        ("deepsets_lcm", "classify", "onnx"),
+        ("umbc", "rank_slots", "onnx"),
     ],
 )
 def test_round_trip_equals_pytorch(encoder: str, task: str, fmt: str, tmp_path: Path) -> None:
@@ -92,7 +99,7 @@ def test_round_trip_equals_pytorch(encoder: str, task: str, fmt: str, tmp_path: 
     meta = json.loads((tmp_path / "export.json").read_text())
     expected = {"whole", "update", "finalize"} if model.is_mbc else {"whole"}
     assert set(meta["graphs"]) == expected | (
-        {"score"} if task == "rank" and model.is_mbc else set()
+        {"score"} if task.startswith("rank") and model.is_mbc else set()
     )
     # Dynamic sizes: one graph for a batch of several sets, of one set, of one element.
     for sizes in (MIXED, [40], [1]):
