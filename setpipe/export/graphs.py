@@ -285,7 +285,10 @@ class WholeGraph(_Graph):
         mask = torch.zeros(num_sets * n, dtype=torch.bool, device=values.device)
         mask = mask.index_copy(0, row, torch.ones_like(row, dtype=torch.bool))
         x, mask = x.view(num_sets, n, width), mask.view(num_sets, n)
-        out = enc.net(with_spare_sets(x), with_spare_sets(mask))[: x.shape[0]]
+        x_spare, mask_spare = with_spare_sets(x), with_spare_sets(mask)
+        # ParT-style pair biases (model.encoder.pairwise) come from the same padded view.
+        bias = enc.pairwise(x_spare, mask_spare) if enc.pairwise is not None else None
+        out = enc.net(x_spare, mask_spare, bias)[: x.shape[0]]
         if enc.num_context:
             out = torch.cat([out, context], 1)
         return out
