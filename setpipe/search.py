@@ -212,6 +212,20 @@ def _train_groups_remover(outcomes: Path) -> Any:
     return RemoveTrainGroups()
 
 
+def _counting_report_callback() -> Any:
+    """Ray Train's TuneReportCallback that counts what it passed on to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class Counting(TuneReportCallback):
+        count = 0
+
+        def after_report(self, run_context: Any, metrics: Any, checkpoint: Any) -> None:
+            self.count += 1
+            super().after_report(run_context, metrics, checkpoint)
+
+    return Counting()
+
+
 def _trial(
     config: dict[str, Any],
     *,
@@ -222,13 +236,20 @@ def _trial(
 ) -> None:
     """One Tune trial: the job with ``config``'s values, trained, logged and its model logged."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from setpipe.tracking.mlflow_run import close_run, log_epoch, log_model
     from setpipe.tracking.store import tracking_uri_for
 
     trial_id = tune.get_context().get_trial_id()
+    path = Path(outcomes) / f"{trial_id}.json"
+    if path.exists():
+        # A search killed between this trial's end and Tune noting it: the trial restarts
+        # on --resume, but its run, model and outcome are all written. Report its figures
+        # again (Tune needs the metric in a result) and train nothing twice.
+        tune.report(json.loads(path.read_text())["metrics"])
+        return
     group_file = _group_file(Path(outcomes), trial_id)  # see _train_groups_remover
+    reports = _counting_report_callback()
     # Train V2's in-process mode (workers: 0) cannot run inside a Tune trial: its
     # ray.train calls resolve to Tune's session there and fail. A trial trains on one
     # Ray Train worker instead, whose epochs reach Tune through Ray Train's callback.
@@ -245,7 +266,7 @@ def _trial(
             run_id=run_id,
             ray_run=f"{job.name}-{trial_id}",
             on_epoch=partial(_record_placement_group, str(group_file)),
-            callbacks=[TuneReportCallback()],
+            callbacks=[reports],
         )
         outcome = trained.outcome
         uri = tracking_uri_for(candidate)
@@ -273,9 +294,12 @@ def _trial(
         "epochs": len(outcome.history),
         "val_predictions": [p.tolist() for p in predictions] if predictions else None,
     }
-    path = Path(outcomes) / f"{trial_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
+    if not reports.count:
+        # Ray Train restored a run that had already finished every epoch (killed after its
+        # last report): nothing reached Tune in this attempt, whose result needs the metric.
+        tune.report(record["metrics"])
 
 
 def tune(
