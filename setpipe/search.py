@@ -111,29 +111,34 @@ def trial_resources(job: JobSpec, cluster_cpus: float) -> tuple[dict[str, Any], 
     workers = max(1, job.train.workers)  # workers: 0 trains on one worker in a trial
     free = cluster_cpus - DATA_CPUS - running * TRIAL_CPU
     asked = job.train.resources_per_worker.get("CPU")
+
+    def fits(per_worker: float) -> int:
+        """The concurrency at which every trial's workers get ``per_worker`` CPUs each."""
+        return int((cluster_cpus - DATA_CPUS) // (workers * per_worker + TRIAL_CPU))
+
     if asked is not None:
         if running * workers * asked <= free:
             return {}, None
-        fits = int((cluster_cpus - DATA_CPUS) // (workers * asked + TRIAL_CPU))
+        fit = fits(asked)
         raise TrainError(
             f"{job.name}: search.concurrency {running} x train.workers {workers} x "
             f"train.resources_per_worker.CPU {asked:g} = {running * workers * asked:g} CPUs, "
             f"but the cluster's {cluster_cpus:g} CPUs leave {max(free, 0):g} after "
             f"{running} x {TRIAL_CPU:g} for the trials and {DATA_CPUS:g} for reading data: "
             "the trials would wait forever for each other. "
-            + (f"Set search.concurrency to {fits}" if fits else "Use fewer train.workers")
+            + (f"Set search.concurrency to {fit}" if fit else "Use fewer train.workers")
             + f", or resources_per_worker.CPU to {max(free, 0) / (running * workers):.3g}, "
             "or add CPUs"
         )
     share = min(1.0, free / (running * workers))
     if share < MIN_WORKER_CPUS:
-        fits = int((cluster_cpus - DATA_CPUS) // (workers * MIN_WORKER_CPUS + TRIAL_CPU))
+        fit = fits(MIN_WORKER_CPUS)
         raise TrainError(
             f"{job.name}: search.concurrency {running} x train.workers {workers} on a cluster "
             f"of {cluster_cpus:g} CPUs: after {running} x {TRIAL_CPU:g} for the trials and "
             f"{DATA_CPUS:g} for reading data each worker would get {max(share, 0):.2g} CPU "
             f"(at least {MIN_WORKER_CPUS:g} is needed). "
-            + (f"Set search.concurrency to {fits} or less" if fits else "Use fewer workers")
+            + (f"Set search.concurrency to {fit} or less" if fit else "Use fewer workers")
             + ", or add CPUs"
         )
     if share >= 1.0:
