@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     from setpipe.serve.batch_predict import predict_dataset, preflight
 
-    preflight(args.input, args.output)  # bad paths, buckets and credentials fail before Ray starts
+    checked = preflight(args.input, args.output)  # bad paths, buckets, credentials: before Ray
     # Called in-process (tests, notebooks) with Ray already up: use it and leave it up.
     owns_ray = not ray.is_initialized()
     if owns_ray:
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             batch_elements=args.batch_elements,
             keep=[c for spec in args.keep for c in spec.split(",") if c],
             concurrency=args.concurrency,
+            checked=checked,
         )
     finally:
         if owns_ray:

@@ -251,19 +251,22 @@ def predict_dataset(
     keep: Sequence[str] = (),
     concurrency: int = 1,
     num_cpus: float = 1.0,
+    checked: tuple[Files, OutputLocation] | None = None,
 ) -> PredictSummary:
     """Predict every row of the Parquet ``source`` with ``model_uri``; write Parquet to ``output``.
 
     The alias is resolved once, here, so every actor runs the same version. ``output`` is
-    resolved and checked here too, and what was written is counted here against what the
-    model predicted, so predictions that went to another machine's disk are an error.
+    resolved and checked here too (``checked``: ``preflight(source, output)`` when the
+    caller ran it already, before starting Ray), and what was written is counted here
+    against what the model predicted, so predictions that went to another machine's disk
+    are an error.
     """
     import ray.data
 
     from setpipe.tracking.pyfunc import load_set_model
     from setpipe.tracking.store import resolve
 
-    files, out = preflight(source, output)
+    files, out = checked or preflight(source, output)
     name, version = resolve(model_uri, tracking_uri)
     pinned = f"models:/{name}/{version}"
     job = load_set_model(pinned, tracking_uri).job
