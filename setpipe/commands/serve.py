@@ -14,6 +14,7 @@ from setpipe.errors import ServeError
 from setpipe.serve.ingress import (
     DEFAULT_INGRESS,
     INGRESSES,
+    check_http_port_free,
     check_ports_free,
     plan_ports,
     use_local_ingress,
@@ -175,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         runtime=args.runtime,
     )
     if args.address is None:
+        check_http_port_free(args.host, args.port)
         timeout = config.limits.request_timeout_s
         use_local_ingress(
             args.ingress or DEFAULT_INGRESS, args.host, ports, request_timeout_s=timeout
@@ -202,8 +204,12 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping", flush=True)
-    except RuntimeError as err:  # Serve reports a port in use or a failed deploy this way
-        raise ServeError(f"cannot serve {args.model_uri}: {err}") from None
+    except (RuntimeError, ray.exceptions.RayError) as err:
+        # Serve reports a failed deploy as a RuntimeError; a proxy that dies while starting
+        # (killed when its health check times out on a loaded machine) as ActorDiedError.
+        # A task error's own text repeats the remote traceback: say its cause.
+        cause = getattr(err, "cause", None) or err
+        raise ServeError(f"cannot serve {args.model_uri}: {cause}") from None
     finally:
         if args.address is None:
             serve.shutdown()

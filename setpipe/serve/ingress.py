@@ -164,6 +164,20 @@ def check_ports_free(ports: RayPorts) -> None:
                 ) from None
 
 
+def check_http_port_free(host: str, port: int) -> None:
+    """Refuse, naming it, a ``--port`` that ``host`` cannot listen on: before Ray starts, so
+    the user reads one line instead of HAProxy's crash log inside Ray's traceback."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise ServeError(
+                f"--port {port}: cannot listen on {host}:{port} ({err.strerror or err}); "
+                "pick a free port, or stop the server that holds it"
+            ) from None
+
+
 def local_ray_environment(
     ingress: str,
     host: str,

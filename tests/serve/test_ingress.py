@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from serve_helpers import REPO, Server
+from serve_helpers import REPO, Registered, Server
 
 from setpipe._net import is_loopback
 from setpipe.errors import ServeError
@@ -294,3 +294,35 @@ def test_cli_checks_the_port_range(args: list[str], message: str) -> None:
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_cli_names_a_busy_http_port(registered: Registered) -> None:
+    """`setpipe serve --port P` with P already taken: one line naming the port, before Ray
+    starts (it printed HAProxy's crash log inside Ray's remote traceback)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "setpipe",
+                "serve",
+                f"models:/{registered.name}@{registered.job.tracking.alias}",
+                "--tracking-uri",
+                registered.tracking_uri,
+                "--port",
+                str(port),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "pick a free port, or stop the server that holds it"
+    )
+    assert "File " not in result.stderr  # no traceback, not even Ray's remote one
