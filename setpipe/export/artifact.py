@@ -28,11 +28,12 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from setpipe.errors import ExportError, SetpipeError
-from setpipe.export.exporter import FORMATS, export_graphs
+from setpipe.export.exporter import FORMATS, export_graphs, head_outputs
 from setpipe.export.graphs import state_spec
 from setpipe.export.parity import CHUNKED_SIZE, SIZES, TOLERANCE, describe, failures, measure
 from setpipe.export.runtime import EXPORT_JSON, ExportedModel
 from setpipe.models.set_model import SetModel
+from setpipe.models.set_transformer import SetTransformerEncoder
 from setpipe.spec import dump_job
 from setpipe.tracking.pyfunc import load_set_model
 
@@ -95,6 +96,18 @@ def write_directory(
         "graphs": {f.name: asdict(f) for f in files},
         "chunk_size": chunk_size,
     }
+    if model.tasks is not None:
+        # Several heads: which output of the graphs is whose (whole: all, in this order;
+        # finalize: the classify and regress heads' in this order, then the embedding).
+        meta["heads"] = [
+            {"name": o.head, "task": o.task, "output": o.name, "shape": o.shape}
+            for o in head_outputs(model)
+        ]
+    pairwise = getattr(model.encoder, "pairwise", None)
+    if isinstance(model.encoder, SetTransformerEncoder) and pairwise is not None:
+        # The graph holds heads x n x n pair biases per set, like the PyTorch model: the
+        # runtime refuses larger sets as model.encoder.pairwise.max_set_size does.
+        meta["max_set_size"] = int(pairwise.max_set_size)
     if model.is_mbc:
         meta["state"] = [
             {
@@ -235,8 +248,8 @@ def readme(meta: dict[str, Any]) -> str:
     parts = [
         f"# {m['name']} version {m['version']} ({meta['format']})",
         "",
-        f"Task {meta['task']}, encoder {meta['encoder']}. Sizes are symbolic: `elements` "
-        "(E, or e in one chunk), `sets` (B; offsets have B+1 entries).",
+        f"Task {meta['task'] or 'several heads'}, encoder {meta['encoder']}. Sizes are "
+        "symbolic: `elements` (E, or e in one chunk), `sets` (B; offsets have B+1 entries).",
         "",
         "Inputs are the model's features, float32, in this order: "
         + ", ".join(f"`{f}`" for f in meta["features"])
@@ -246,6 +259,26 @@ def readme(meta: dict[str, Any]) -> str:
         "Packed sets: `values` holds every element of every set, set after set; set b owns "
         "rows `offsets[b]:offsets[b+1]` (`set_index[i]` = the set of row i in a chunk).",
     ]
+    if "heads" in meta:
+        parts += [
+            "",
+            "Several heads: `whole` gives one output per head, in this order; `finalize` the "
+            "classify and regress heads' outputs in this order, then `embedding` when a head "
+            "ranks (`score` scores the elements with it).",
+            "",
+            "| head | task | output | shape |",
+            "| --- | --- | --- | --- |",
+        ]
+        parts += [
+            f"| {h['name']} | {h['task']} | `{h['output']}` | [{', '.join(map(str, h['shape']))}] |"
+            for h in meta["heads"]
+        ]
+    if "max_set_size" in meta:
+        parts += [
+            "",
+            f"Sets of at most {meta['max_set_size']} elements (model.encoder.pairwise."
+            "max_set_size): the pairwise biases hold heads x n x n numbers per set.",
+        ]
     for name, graph in meta["graphs"].items():
         parts += ["", f"## {name} (`{graph['file']}`)", "", "Inputs:", "", _table(graph["inputs"])]
         parts += ["", "Outputs:", "", _table(graph["outputs"])]

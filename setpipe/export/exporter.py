@@ -50,12 +50,38 @@ def _io(name: str, dtype: str, shape: list[str | int]) -> dict[str, Any]:
     return {"name": name, "dtype": dtype, "shape": shape}
 
 
-def _output_io(task: str, name: str, num_out: int | None, sets: str = "sets") -> dict[str, Any]:
-    if task == "classify":
-        return _io(name, "float32", [sets, num_out or 0])
-    if task == "regress":
-        return _io(name, "float32", [sets])
-    return _io(name, "float32", ["elements"])
+OUTPUT = {"classify": "logits", "regress": "value", "rank": "scores"}
+"""A head's output name by its task; with several heads, ``<head name>.<this>``."""
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """One head's output: the head (None for a single-head model), its task, the output."""
+
+    head: str | None
+    task: str
+    name: str
+    shape: list[str | int]
+
+    def io(self) -> dict[str, Any]:
+        return _io(self.name, "float32", self.shape)
+
+
+def head_outputs(model: SetModel) -> list[HeadOutput]:
+    """Every head's output, in the heads' order (the whole graph's outputs)."""
+    heads = (
+        [(None, model.task, model.head)]
+        if model.tasks is None
+        else [(n, model.tasks[n], h) for n, h in model.heads.items()]
+    )
+    out = []
+    for name, task, head in heads:
+        shape: list[str | int] = ["elements"] if task == "rank" else ["sets"]
+        if task == "classify":
+            shape.append(int(head.net[-1].out_features))
+        label = OUTPUT[str(task)] if name is None else f"{name}.{OUTPUT[str(task)]}"
+        out.append(HeadOutput(name, str(task), label, shape))
+    return out
 
 
 def _export(
@@ -120,17 +146,14 @@ def export_graphs(
     """Write ``model``'s graphs into ``directory``; MBC encoders get update/finalize too."""
     if fmt not in FORMATS:
         raise ModelError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if getattr(model, "tasks", None):
+    if model.task not in (None, *OUTPUT):
         raise ExportError(
-            f"the model has several heads ({', '.join(model.tasks)}); export handles one "
-            "head (a single output tensor) so far: export a single-head job's model"
+            f"a model of task {model.task} has no exported graphs: export a classify, "
+            "regress or rank model"
         )
     model = model.eval()
     suffix = SUFFIX[fmt]
-    task = model.task
-    num_out = None
-    if task == "classify":
-        num_out = int(model.head.net[-1].out_features)
+    outputs = head_outputs(model)
     sets, elements = Dim("sets"), Dim("elements")
     values = torch.randn(7, num_features, generator=torch.Generator().manual_seed(0))
     offsets = torch.tensor([0, 2, 5, 7], dtype=torch.int64)
@@ -156,14 +179,13 @@ def export_graphs(
             )
         files.append(GraphFile(name, path.name, inputs, outputs))
 
-    out_name = {"classify": "logits", "regress": "value", "rank": "scores"}[task]
     add(
         "whole",
         WholeGraph(model),
         (values, offsets, *ctx_args),
         ({0: elements}, {0: sets + 1}, *ctx_dyn),
         [values_io, _io("offsets", "int64", ["sets+1"]), *ctx_io],
-        [_output_io(task, out_name, num_out)],
+        [o.io() for o in outputs],
     )
     if not model.is_mbc:
         return files
@@ -185,11 +207,9 @@ def export_graphs(
         state_out,
     )
     embed_dim = int(model.encoder.out_dim)  # type: ignore[arg-type]
-    final_out = (
-        _io("embedding", "float32", ["sets", embed_dim])
-        if task == "rank"
-        else _output_io(task, out_name, num_out)
-    )
+    embedding_io = _io("embedding", "float32", ["sets", embed_dim])
+    final_out = [o.io() for o in outputs if o.task != "rank"]
+    final_out += [embedding_io] if model.ranks else []
     # A state that has seen the example chunk: finalize is traced on real values.
     with torch.no_grad():
         seen = UpdateGraph(model)(values, set_index, state)
@@ -199,19 +219,19 @@ def export_graphs(
         (seen, *ctx_args),
         (state_dyn, *ctx_dyn),
         [*state_in, *ctx_io],
-        [final_out],
+        final_out,
     )
-    if task == "rank":
+    if model.ranks:
         embedding = torch.randn(3, embed_dim)
         add(
             "score",
             ScoreGraph(model),
             (values, set_index, embedding),
             ({0: elements}, {0: elements}, {0: sets}),
-            [values_io, index_io, _io("embedding", "float32", ["sets", embed_dim])],
-            [_io("scores", "float32", ["elements"])],
+            [values_io, index_io, embedding_io],
+            [o.io() for o in outputs if o.task == "rank"],
         )
     return files
 
 
-__all__ = ["FORMATS", "GraphFile", "export_graphs"]
+__all__ = ["FORMATS", "OUTPUT", "GraphFile", "HeadOutput", "export_graphs", "head_outputs"]

@@ -19,6 +19,9 @@ Graphs (B sets, E elements, F features, C context features; names as exported):
 - ``score`` (rank only): values [e, F], set_index [e], embedding [B, H] -> scores [e]
 
 output: classify logits [B, classes]; regress values [B]; rank scores [E].
+Several heads (``model.heads``): ``whole`` gives one output per head, in the heads' order;
+``finalize`` gives the outputs of the classify and regress heads, in order, then the set
+embedding [B, H] when a head ranks (at most one does), which ``score`` scores with it.
 The state is a tuple of tensors whose first axis is the set; ``state_spec`` lists each
 with its dtype, shape and the value it starts from (``init_state``).
 """
@@ -245,9 +248,23 @@ class _Graph(nn.Module):
         self.has_context = bool(getattr(model.encoder, "num_context", 0))
 
     def _head(self, embedding, values=None, set_index=None):
+        """The task output; several heads: a tuple, one output per head in order."""
+        tasks = self.model.tasks
+        if tasks is not None:
+            return tuple(
+                head(values, set_index, embedding) if tasks[name] == "rank" else head(embedding)
+                for name, head in self.model.heads.items()
+            )
         if self.task == "rank":
             return self.model.head(values, set_index, embedding)
         return self.model.head(embedding)
+
+    def _rank_head(self) -> nn.Module:
+        """The head that scores elements (the one head, or the rank head of several)."""
+        tasks = self.model.tasks
+        if tasks is None:
+            return self.model.head
+        return self.model.heads[next(n for n, t in tasks.items() if t == "rank")]
 
 
 class WholeGraph(_Graph):
@@ -306,7 +323,8 @@ class UpdateGraph(_Graph):
 
 
 class FinalizeGraph(_Graph):
-    """state (, context) -> classify logits / regress values / rank set embedding [B, H]."""
+    """state (, context) -> classify logits / regress values / rank set embedding [B, H];
+    several heads: the classify and regress heads' outputs (, the embedding when one ranks)."""
 
     def __init__(self, model: SetModel) -> None:
         super().__init__(model)
@@ -314,6 +332,10 @@ class FinalizeGraph(_Graph):
 
     def forward(self, state, context=None):
         embedding = self.ops.finalize(tuple(state), context)
+        tasks = self.model.tasks
+        if tasks is not None:
+            outs = [h(embedding) for n, h in self.model.heads.items() if tasks[n] != "rank"]
+            return (*outs, embedding) if self.model.ranks else tuple(outs)
         return embedding if self.task == "rank" else self.model.head(embedding)
 
 
@@ -321,7 +343,7 @@ class ScoreGraph(_Graph):
     """Rank's second pass: values [e, F], set_index [e], embedding [B, H] -> scores [e]."""
 
     def forward(self, values, set_index, embedding):
-        return self.model.head(values, set_index, embedding)
+        return self._rank_head()(values, set_index, embedding)
 
 
 __all__ = [

@@ -14,6 +14,10 @@ about 10^4 elements a batch); ``mixed`` holds sets of 0, 1, 2, 5 and 17 elements
 PyTorch's own chunked pass (``SetModel.predict_chunked``, equal to the whole-set pass by
 the MBC property tests; a whole pass over 10^6 elements would need the memory that
 chunking exists to avoid).
+
+Several heads: one figure per head and batch, keyed ``<head>_<batch>`` (head names have
+no underscore). A pairwise Set Transformer is checked on sets up to its
+``max_set_size`` (larger ones it refuses), the limit itself included.
 """
 
 from __future__ import annotations
@@ -73,30 +77,50 @@ def measure(
     chunk_size: int = 4096,
     seed: int = 0,
 ) -> dict[str, float]:
-    """rel per batch (keys ``size_N``, ``mixed``, ``chunked_mixed``, ``chunked_N``) and
-    their maximum (``max``)."""
+    """rel per batch (keys ``size_N``, ``mixed``, ``chunked_mixed``, ``chunked_N``; several
+    heads: ``<head>_<batch>``) and their maximum (``max``)."""
     model = model.eval()
-    if not model.is_mbc:
-        sizes = tuple(n for n in sizes if n <= ATTENTION_MAX)
+    limit = size_limit(model)
+    if limit is not None:
+        cut = tuple(n for n in sizes if n <= limit)
+        # A pairwise model is checked at its limit too: the largest set it accepts.
+        at_limit = limit < ATTENTION_MAX and limit < max(sizes, default=0) and limit not in cut
+        sizes = cut + ((limit,) if at_limit else ())
     figures: dict[str, float] = {}
     cases = [(f"size_{n}", [n] * max(1, min(8, 10_000 // n))) for n in sizes]
-    cases.append(("mixed", [0, 1, 2, 5, 17]))
+    cases.append(("mixed", [min(n, limit or n) for n in (0, 1, 2, 5, 17)]))
+
+    def compare(key: str, out: Any, ref: Any) -> None:
+        if isinstance(ref, dict):
+            for head, value in ref.items():
+                figures[f"{head}_{key}"] = relative(out[head], value.numpy())
+        else:
+            figures[key] = relative(out, ref.numpy())
+
     for i, (key, set_sizes) in enumerate(cases):
         batch = _batch(set_sizes, num_features, num_context, seed + i)
         with torch.inference_mode():
-            ref = model(batch).numpy()
-        figures[key] = relative(exported.predict(*_np(batch)), ref)
+            ref = model(batch)
+        compare(key, exported.predict(*_np(batch)), ref)
         if key == "mixed" and exported.chunked:
-            out = exported.predict_chunked(*_np(batch), chunk_size=3)
-            figures["chunked_mixed"] = relative(out, ref)
+            compare("chunked_mixed", exported.predict_chunked(*_np(batch), chunk_size=3), ref)
     if exported.chunked and chunked_size:
         batch = _batch([chunked_size], num_features, num_context, seed + len(cases))
         with torch.inference_mode():
-            ref = model.predict_chunked(batch, chunk_size).numpy()
+            ref = model.predict_chunked(batch, chunk_size)
         out = exported.predict_chunked(*_np(batch), chunk_size=chunk_size)
-        figures[f"chunked_{chunked_size}"] = relative(out, ref)
+        compare(f"chunked_{chunked_size}", out, ref)
     figures["max"] = max(figures.values())
     return figures
+
+
+def size_limit(model: SetModel) -> int | None:
+    """Largest set a parity batch holds: None for MBC encoders; the Set Transformer's
+    ATTENTION_MAX, or its pairwise max_set_size when smaller (it refuses larger sets)."""
+    if model.is_mbc:
+        return None
+    pairwise = getattr(model.encoder, "pairwise", None)
+    return min(ATTENTION_MAX, pairwise.max_set_size) if pairwise is not None else ATTENTION_MAX
 
 
 def failures(figures: dict[str, float], tolerance: float = TOLERANCE) -> list[str]:
@@ -112,4 +136,13 @@ def describe(figures: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.2g}" for k, v in figures.items() if k != "max")
 
 
-__all__ = ["ATTENTION_MAX", "CHUNKED_SIZE", "SIZES", "TOLERANCE", "failures", "measure", "relative"]
+__all__ = [
+    "ATTENTION_MAX",
+    "CHUNKED_SIZE",
+    "SIZES",
+    "TOLERANCE",
+    "failures",
+    "measure",
+    "relative",
+    "size_limit",
+]

@@ -11,6 +11,10 @@ driver of the chunked graphs, what C++ code streaming a huge set does::
 
 Memory is one chunk plus the state whatever the sets' sizes. Inputs are the model's
 features (after the job's transforms, ``transforms.json``), float32.
+
+Several heads (``heads`` in export.json): both passes return head name -> that head's
+output, in the heads' order. A pairwise Set Transformer (``max_set_size`` in export.json)
+refuses a batch holding a larger set before running the graph, as the PyTorch model does.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class ExportedModel:
         self.format: str = self.meta["format"]
         self.task: str = self.meta["task"]
         self.has_context: bool = self.meta["num_context"] > 0
+        self.heads: list[dict[str, Any]] | None = self.meta.get("heads")
+        """Several heads: name, task, output and shape of each, in order (else None)."""
+        self.max_set_size: int | None = self.meta.get("max_set_size")
         self._graphs = {
             name: self._load(self.directory / info["file"], threads)
             for name, info in self.meta["graphs"].items()
@@ -102,13 +109,38 @@ class ExportedModel:
             )
         return (np.ascontiguousarray(context, dtype=np.float32),)
 
+    def _check_sizes(self, offsets: np.ndarray) -> None:
+        """ModelError naming the first set above ``max_set_size`` (pairwise attention)."""
+        if self.max_set_size is None or len(offsets) < 2:
+            return
+        sizes = np.diff(offsets)
+        big = np.flatnonzero(sizes > self.max_set_size)
+        if big.size:
+            i = int(big[0])
+            raise ModelError(
+                f"{self.directory}: set {i} of the batch has {int(sizes[i])} elements, more than "
+                f"the model's max_set_size {self.max_set_size} (export.json; "
+                f"model.encoder.pairwise.max_set_size): pairwise attention holds heads x n x n "
+                f"numbers per set (O(n^2) memory); send sets of at most {self.max_set_size} "
+                "elements, or export a model trained with a larger max_set_size"
+            )
+
+    def _named(self, outputs: list[np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        """One head: its output; several: head name -> output (``outputs`` in head order)."""
+        if self.heads is None:
+            return outputs[0]
+        return {h["name"]: out for h, out in zip(self.heads, outputs, strict=True)}
+
     def predict(
         self, values: np.ndarray, offsets: np.ndarray, context: np.ndarray | None = None
-    ) -> np.ndarray:
-        """The whole-set graph: classify logits [B, C], regress [B], rank scores [E]."""
+    ) -> np.ndarray | dict[str, np.ndarray]:
+        """The whole-set graph: classify logits [B, C], regress [B], rank scores [E];
+        several heads: head name -> its output."""
         values = np.ascontiguousarray(values, dtype=np.float32)
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        return self._run("whole", values, offsets, *self._context(context, len(offsets) - 1))[0]
+        self._check_sizes(offsets)
+        ctx = self._context(context, len(offsets) - 1)
+        return self._named(self._run("whole", values, offsets, *ctx))
 
     def init_state(self, num_sets: int) -> tuple[np.ndarray, ...]:
         return tuple(
@@ -122,7 +154,7 @@ class ExportedModel:
         offsets: np.ndarray,
         context: np.ndarray | None = None,
         chunk_size: int = 4096,
-    ) -> np.ndarray:
+    ) -> np.ndarray | dict[str, np.ndarray]:
         """Same outputs as ``predict`` through the update/finalize (and score) graphs."""
         if not self.chunked:
             raise ModelError(
@@ -139,16 +171,19 @@ class ExportedModel:
         for lo in bounds:
             chunk = slice(lo, lo + chunk_size)
             state = tuple(self._run("update", values[chunk], set_index[chunk], state))
-        out = self._run("finalize", state, *ctx)[0]
-        if self.task != "rank":
-            return out
+        final = self._run("finalize", state, *ctx)
+        tasks = [self.task] if self.heads is None else [h["task"] for h in self.heads]
+        if "rank" not in tasks:
+            return self._named(final)
+        embedding = final.pop()  # finalize: the other heads' outputs, then the embedding
         parts = [
-            self._run("score", values[lo : lo + chunk_size], set_index[lo : lo + chunk_size], out)[
-                0
-            ]
+            self._run("score", values[lo : lo + chunk_size], set_index[lo : lo + chunk_size],
+                      embedding)[0]
             for lo in bounds
-        ]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        ]  # fmt: skip
+        scores = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        final.insert(tasks.index("rank"), scores)
+        return self._named(final)
 
 
 __all__ = ["EXPORT_JSON", "ExportedModel", "set_index_np"]

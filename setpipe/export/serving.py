@@ -6,7 +6,8 @@ request checks), then its ONNX export: the one ``setpipe export`` logged on the 
 into a temporary directory (no parity run: that is what ``setpipe export`` is for).
 Predictions run the whole-set graph; a batch with more elements than the job's
 ``train.chunk_size`` runs through the chunked graphs when the encoder has them, as the
-torch path folds chunks to keep memory constant.
+torch path folds chunks to keep memory constant. Several heads: each set's output is
+``{head name: that head's output}``, the JSON the torch path gives.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from setpipe.tracking.pyfunc import (
     NON_FINITE_HINT,
     LoadedSetModel,
     NonFiniteOutput,
+    heads_outputs,
     load_set_model,
     non_finite_sets,
-    task_outputs,
 )
 
 
@@ -50,7 +51,13 @@ class OnnxSetModel(LoadedSetModel):
             out = self.exported.predict_chunked(values, offsets, context, chunk_size=chunk)
         else:
             out = self.exported.predict(values, offsets, context)
-        outputs = task_outputs(self.job.model.task, torch.from_numpy(out), batch.offsets)
+        tensors = (
+            {name: torch.from_numpy(o) for name, o in out.items()}
+            if isinstance(out, dict)
+            else torch.from_numpy(out)
+        )
+        # The torch path's per-set dicts: several heads give {head name: that head's output}.
+        outputs = heads_outputs(self.job, tensors, batch.offsets)
         bad = [] if allow_non_finite else non_finite_sets(outputs)
         if bad:
             raise NonFiniteOutput(

@@ -17,10 +17,10 @@ from pydantic import TypeAdapter
 
 from setpipe.data.batch import SetBatch
 from setpipe.data.transforms import FittedTransforms
-from setpipe.errors import ExportError
+from setpipe.errors import ExportError, ModelError
 from setpipe.export import ExportedModel, export_model
 from setpipe.export.artifact import write_directory
-from setpipe.export.parity import relative
+from setpipe.export.parity import measure, relative
 from setpipe.models import SetModel, build_model
 from setpipe.spec.models import FeatureSpec, ModelSpec
 
@@ -169,9 +169,8 @@ def test_export_refuses_a_non_empty_directory_without_overwrite(tmp_path: Path) 
     assert (out / "model.onnx").read_text() == "an earlier export"
 
 
-def test_pairwise_set_transformer_round_trips(tmp_path: Path) -> None:
-    """ParT-style pair biases are computed inside the graph, from the model features read
-    back through the fitted transforms (here a standardized coordinate)."""
+def pairwise_model(max_set_size: int = 256) -> SetModel:
+    """A points-pairwise Set Transformer built with fitted transforms (f0 standardized)."""
     features = [
         FeatureSpec.model_validate({"name": "f0", "source": "x", "ops": [{"op": "standardize"}]}),
         FeatureSpec.model_validate({"name": "f1", "source": "y"}),
@@ -180,11 +179,109 @@ def test_pairwise_set_transformer_round_trips(tmp_path: Path) -> None:
     fitted = FittedTransforms(
         ["x", "y", "z"], features, {"f0": {"mean": 1.5, "std": 2.0, "count": 1.0}}
     )
-    encoder = dict(
-        ENCODERS["set_transformer"],
-        pairwise={"kind": "points", "coordinates": ["f0", "f1"], "embed": [8]},
-    )
+    pairwise = {"kind": "points", "coordinates": ["f0", "f1"], "embed": [8]}
+    encoder = dict(ENCODERS["set_transformer"], pairwise=pairwise | {"max_set_size": max_set_size})
     spec = {"task": "classify", "num_classes": 3, "encoder": encoder, "head": {"hidden": [8]}}
     torch.manual_seed(0)
     model = build_model(TypeAdapter(ModelSpec).validate_python(spec), F, C, transforms=fitted)
-    assert_equals_pytorch(model.eval(), export(model.eval(), "onnx", tmp_path))
+    return model.eval()
+
+
+def test_pairwise_set_transformer_round_trips(tmp_path: Path) -> None:
+    """ParT-style pair biases are computed inside the graph, from the model features read
+    back through the fitted transforms (here a standardized coordinate)."""
+    model = pairwise_model()
+    assert_equals_pytorch(model, export(model, "onnx", tmp_path))
+
+
+def test_exported_pairwise_model_refuses_sets_above_its_max_set_size(tmp_path: Path) -> None:
+    """As the PyTorch model does (model.encoder.pairwise.max_set_size), before the graph
+    runs; parity is measured up to the limit, the limit included."""
+    model = pairwise_model(max_set_size=12)
+    exported = export(model, "onnx", tmp_path)
+    assert json.loads((tmp_path / "export.json").read_text())["max_set_size"] == 12
+    at_limit = batch([12, 3])
+    with torch.inference_mode():
+        ref = model(at_limit).numpy()
+    assert relative(exported.predict(*arrays(at_limit)), ref) <= 1e-5
+    above = batch([3, 13])
+    with pytest.raises(ModelError, match="set 1 of the batch has 13 elements"):
+        model(above)
+    with pytest.raises(ModelError) as err:
+        exported.predict(*arrays(above))
+    assert str(err.value) == (
+        f"{tmp_path}: set 1 of the batch has 13 elements, more than the model's max_set_size "
+        "12 (export.json; model.encoder.pairwise.max_set_size): pairwise attention holds "
+        "heads x n x n numbers per set (O(n^2) memory); send sets of at most 12 elements, "
+        "or export a model trained with a larger max_set_size"
+    )
+    figures = measure(model, exported, F, C, sizes=(1, 10, 100), chunked_size=0)
+    assert set(figures) == {"size_1", "size_10", "size_12", "mixed", "max"}
+    assert figures["max"] <= 1e-5
+
+
+# --------------------------------------------------------------------------- several heads
+
+HEADS: list[dict[str, Any]] = [
+    {"name": "flavour", "task": "classify", "target": "label", "num_classes": 3, "hidden": [8]},
+    {"name": "mass", "task": "regress", "target": "m", "offset": 50.0, "scale": 10.0,
+     "hidden": [8]},
+]  # fmt: skip
+RANK_HEAD = {"name": "relevance", "task": "rank", "target": "rel", "hidden": [8]}
+
+
+def make_heads(encoder: str, heads: list[dict[str, Any]], seed: int = 0) -> SetModel:
+    spec = {"heads": heads, "encoder": ENCODERS[encoder]}
+    torch.manual_seed(seed)
+    return build_model(TypeAdapter(ModelSpec).validate_python(spec), F, C).eval()
+
+
+@pytest.mark.parametrize(
+    ("encoder", "rank", "fmt"),
+    [
+        ("umbc", False, "onnx"),
+        ("deepsets", True, "torch-export"),
+        ("set_transformer", True, "onnx"),
+    ],
+)
+def test_several_heads_round_trip_one_output_per_head(
+    encoder: str, rank: bool, fmt: str, tmp_path: Path
+) -> None:
+    """One named output per head (``<head>.logits``, ``<head>.value``, ``<head>.scores``) in
+    the whole graph and in finalize (a rank head: finalize gives the embedding and score
+    the head's scores); ``predict`` and ``predict_chunked`` give head name -> output."""
+    heads = [*HEADS, RANK_HEAD] if rank else HEADS
+    model = make_heads(encoder, heads)
+    exported = export(model, fmt, tmp_path)
+    meta = json.loads((tmp_path / "export.json").read_text())
+    sets, elements = ["sets", 3], ["sets"]
+    outputs = [
+        {"name": "flavour.logits", "dtype": "float32", "shape": sets},
+        {"name": "mass.value", "dtype": "float32", "shape": elements},
+    ]
+    scores = {"name": "relevance.scores", "dtype": "float32", "shape": ["elements"]}
+    assert meta["graphs"]["whole"]["outputs"] == outputs + ([scores] if rank else [])
+    assert meta["heads"] == [
+        {"name": "flavour", "task": "classify", "output": "flavour.logits", "shape": sets},
+        {"name": "mass", "task": "regress", "output": "mass.value", "shape": ["sets"]},
+        *([{"name": "relevance", "task": "rank", "output": "relevance.scores",
+            "shape": ["elements"]}] if rank else []),
+    ]  # fmt: skip
+    if model.is_mbc:
+        width = int(model.encoder.out_dim)  # the set embedding, context included
+        embedding = {"name": "embedding", "dtype": "float32", "shape": ["sets", width]}
+        assert meta["graphs"]["finalize"]["outputs"] == outputs + ([embedding] if rank else [])
+        if rank:
+            assert meta["graphs"]["score"]["outputs"] == [scores]
+    for sizes in (MIXED, [40], [1]):
+        b = batch(sizes)
+        with torch.inference_mode():
+            ref = {k: v.numpy() for k, v in model(b).items()}
+        runs = [exported.predict(*arrays(b))]
+        if model.is_mbc:
+            runs.append(exported.predict_chunked(*arrays(b), chunk_size=4))
+        for out in runs:
+            assert list(out) == [h["name"] for h in heads]
+            for name, value in out.items():
+                assert value.shape == ref[name].shape, (name, sizes)
+                assert relative(value, ref[name]) <= 1e-5, (name, sizes, relative(value, ref[name]))

@@ -178,3 +178,66 @@ def test_export_command_writes_logs_and_refuses_to_overwrite(
     assert (out / "export.json").read_text() == before
     assert main([*argv, "--overwrite"]) == 0
     assert {p.name for p in out.iterdir()} == files | {"transforms.json", "job.yaml"}
+
+
+def test_several_heads_export_logs_per_head_parity_and_serve_onnx_answers_as_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model.heads model (classify + regress) exports with one figure per head and batch;
+    its ONNX replica (setpipe serve --runtime onnx) answers with the torch path's JSON:
+    each set {head name: that head's output}."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    raw = _job(workdir).model_dump(mode="json")
+    raw["name"] = "t-heads"
+    del raw["data"]["label"], raw["model"]["task"], raw["model"]["num_classes"]
+    del raw["model"]["head"]
+    raw["model"]["heads"] = [
+        {"name": "cls", "task": "classify", "target": "label", "num_classes": 2, "hidden": [8]},
+        {"name": "pt", "task": "regress", "target": "label", "offset": 500.0, "scale": 20.0,
+         "hidden": [8]},
+    ]  # fmt: skip
+    raw["tracking"] = {"metric": "val_cls_auc", "direction": "maximize"}
+    job = job_from_dict(raw)
+    store = f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
+    sample = _raw([5, 1, 12, 3])
+    transforms = fit_on_batches(FittedTransforms.from_spec(job.data), [sample])
+    torch.manual_seed(0)
+    state = build_model(job.model, 3, 1).state_dict()
+    run_id = open_run(job)
+    uri = log_model(run_id, job, state, transforms, [{"epoch": 0, "train_loss": 1.0}], sample)
+    close_run(run_id, "FINISHED")
+    register_and_gate(job, run_id, uri, 0.7)
+
+    summary = export_model(
+        "models:/t-heads/1", "onnx", tmp_path / "out", tracking_uri=store,
+        sizes=(1, 10, 100), chunked_size=5000,
+    )  # fmt: skip
+    batches = ("size_1", "size_10", "size_100", "mixed", "chunked_mixed", "chunked_5000")
+    assert set(summary.parity) == {f"{h}_{b}" for h in ("cls", "pt") for b in batches} | {"max"}
+    assert summary.parity["max"] <= 1e-5
+    meta = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert [o["name"] for o in meta["graphs"]["whole"]["outputs"]] == ["cls.logits", "pt.value"]
+    assert [o["name"] for o in meta["graphs"]["finalize"]["outputs"]] == [
+        "cls.logits",
+        "pt.value",
+    ]
+    metrics = MlflowClient(store).get_run(run_id).data.metrics
+    assert metrics["export.onnx.rel_pt_chunked_5000"] == pytest.approx(
+        summary.parity["pt_chunked_5000"], rel=1e-6, abs=1e-12
+    )
+
+    onnx = load_onnx_model("models:/t-heads/1", store)
+    assert onnx.exported.directory.name == "v1"
+    torch_model = load_set_model("models:/t-heads/1", store)
+    for sizes in ([7, 2, 30], [300, 5]):  # the second past train.chunk_size: chunked graphs
+        batch = _raw(sizes, seed=6)
+        torch_out, onnx_out = torch_model.predict_batch(batch), onnx.predict_batch(batch)
+        assert [sorted(o) for o in onnx_out] == [["cls", "pt"]] * len(sizes)
+        assert [sorted(o["cls"]) for o in onnx_out] == [["label", "probabilities"]] * len(sizes)
+        assert [list(o["pt"]) for o in onnx_out] == [["value"]] * len(sizes)
+        assert [o["cls"]["label"] for o in onnx_out] == [o["cls"]["label"] for o in torch_out]
+        for head, key in (("cls", "probabilities"), ("pt", "value")):
+            got = np.array([o[head][key] for o in onnx_out])
+            assert relative(got, np.array([o[head][key] for o in torch_out])) <= 1e-5
