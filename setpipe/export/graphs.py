@@ -238,6 +238,13 @@ def init_state(model: SetModel, num_sets: int) -> tuple[torch.Tensor, ...]:
 # --------------------------------------------------------------------------- graphs
 
 
+def _score(head: nn.Module, values, set_index, embedding):
+    """A rank head's scores [e]. The embedding gets two spare sets that no element indexes:
+    a slot head unflattens it by slicing ``embedding[:, :S*D]``, whose layout check would
+    otherwise fix B != 1 in a torch.export trace (the graph would refuse one set)."""
+    return head(values, set_index, with_spare_sets(embedding))
+
+
 class _Graph(nn.Module):
     def __init__(self, model: SetModel) -> None:
         super().__init__()
@@ -252,11 +259,13 @@ class _Graph(nn.Module):
         tasks = self.model.tasks
         if tasks is not None:
             return tuple(
-                head(values, set_index, embedding) if tasks[name] == "rank" else head(embedding)
+                _score(head, values, set_index, embedding)
+                if tasks[name] == "rank"
+                else head(embedding)
                 for name, head in self.model.heads.items()
             )
         if self.task == "rank":
-            return self.model.head(values, set_index, embedding)
+            return _score(self.model.head, values, set_index, embedding)
         return self.model.head(embedding)
 
     def _rank_head(self) -> nn.Module:
@@ -343,7 +352,7 @@ class ScoreGraph(_Graph):
     """Rank's second pass: values [e, F], set_index [e], embedding [B, H] -> scores [e]."""
 
     def forward(self, values, set_index, embedding):
-        return self._rank_head()(values, set_index, embedding)
+        return _score(self._rank_head(), values, set_index, embedding)
 
 
 __all__ = [

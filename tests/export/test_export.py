@@ -39,7 +39,23 @@ ENCODERS: dict[str, dict[str, Any]] = {
     },
     "set_transformer": {"kind": "set_transformer", "dim": 8, "heads": 2, "layers": 1},
     "deepsets_lcm": {"kind": "deepsets", "phi": [8], "rho": [8], "pooling": "lcm"},
-}
+    "deepsets_mean": {"kind": "deepsets", "phi": [8], "rho": [8], "pooling": "mean"},
+    # Random slots serve their mean in eval; softmax over slots; no slot residual.
+    "umbc_random_softmax": {
+        "kind": "umbc",
+        "embed": [8],
+        "slots": 3,
+        "heads": 2,
+        "dim": 8,
+        "attention": "slot_softmax",
+        "random_slots": True,
+        "slot_residual": False,
+    },
+    "umbc_sigmoid": {"kind": "umbc", "embed": [8], "slots": 2, "heads": 2, "dim": 8,
+                     "attention": "sigmoid"},
+    "set_transformer_isab": {"kind": "set_transformer", "dim": 8, "heads": 2, "layers": 1,
+                             "inducing_points": 4},
+}  # fmt: skip
 F, C = 3, 2
 MIXED = [0, 1, 2, 5, 17]  # an empty set, a single element, chunks cutting through sets
 
@@ -92,6 +108,10 @@ def arrays(b: SetBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         ("deepsets_max", "regress", "torch-export"),
         ("deepsets_lcm", "classify", "onnx"),
         ("umbc", "rank_slots", "onnx"),
+        ("deepsets_mean", "regress", "torch-export"),
+        ("umbc_random_softmax", "classify", "onnx"),
+        ("umbc_sigmoid", "rank_slots", "torch-export"),
+        ("set_transformer_isab", "regress", "onnx"),
     ],
 )
 def test_round_trip_equals_pytorch(encoder: str, task: str, fmt: str, tmp_path: Path) -> None:
