@@ -48,7 +48,7 @@ class ExportedModel:
             )
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         self.format: str = self.meta["format"]
-        self.task: str = self.meta["task"]
+        self.task: str | None = self.meta["task"]  # None: several heads (see heads)
         self.has_context: bool = self.meta["num_context"] > 0
         self.heads: list[dict[str, Any]] | None = self.meta.get("heads")
         """Several heads: name, task, output and shape of each, in order (else None)."""
