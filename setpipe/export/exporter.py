@@ -99,6 +99,35 @@ def _export(
         _trace(module, args, dynamic, path, fmt, input_names, output_names)
 
 
+SINH_SERIES_BELOW = 1e-2
+"""|x| below which sinh(x) is its Taylor series to x^5 (truncation ~x^7/5040, below float64
+rounding there); above, (e^x - e^-x) / 2 loses ~1e-16 / |x| <= 1e-14 relative."""
+
+
+def _onnx_translations() -> dict[Any, Any]:
+    """ATen ops written in other ONNX ops for onnxruntime's CPU kernels.
+
+    ``sinh``: onnxruntime implements Sinh for float32 only, and the jet pair features
+    (``pairwise: {kind: jet}``, ln m^2) take it in float64, so a model that needs it would
+    export and then fail to load ("Could not find an implementation for Sinh(9)"). Here it
+    is computed in float64 from Exp, with the series near 0 where e^x - e^-x cancels.
+    """
+    from onnxscript import opset18 as op
+
+    def sinh(self: Any) -> Any:
+        x = op.Cast(self, to=11)  # DOUBLE
+        x2 = op.Mul(x, x)
+        # Python floats become float32 constants: 1/6 and 1/120 are divided in float64
+        # from integers float32 holds exactly (a float32 1/6 would cost ~1e-13 here).
+        one, half, six, twenty = (op.CastLike(v, x) for v in (1.0, 0.5, 6.0, 20.0))
+        series = op.Mul(x, op.Add(one, op.Div(op.Mul(x2, op.Add(one, op.Div(x2, twenty))), six)))
+        exact = op.Mul(op.Sub(op.Exp(x), op.Exp(op.Neg(x))), half)
+        small = op.Less(op.Abs(x), op.CastLike(SINH_SERIES_BELOW, x))
+        return op.CastLike(op.Where(small, series, exact), self)
+
+    return {torch.ops.aten.sinh.default: sinh}
+
+
 def _trace(
     module: nn.Module,
     args: tuple[Any, ...],
@@ -129,6 +158,7 @@ def _trace(
                 args,
                 str(path),
                 dynamo=True,
+                custom_translation_table=_onnx_translations(),
                 dynamic_shapes=dynamic,
                 input_names=input_names,
                 output_names=output_names,

@@ -189,17 +189,21 @@ def test_export_refuses_a_non_empty_directory_without_overwrite(tmp_path: Path) 
     assert (out / "model.onnx").read_text() == "an earlier export"
 
 
-def pairwise_model(max_set_size: int = 256) -> SetModel:
-    """A points-pairwise Set Transformer built with fitted transforms (f0 standardized)."""
+def pairwise_model(max_set_size: int = 256, kind: str = "points") -> SetModel:
+    """A pairwise Set Transformer built with fitted transforms. points: f0 (standardized)
+    and f1 are coordinates; jet: f0 is a standardized log pT, f1 rapidity, f2 phi."""
+    f0_ops = [{"op": "standardize"}] if kind == "points" else [{"op": "log"}, {"op": "standardize"}]
     features = [
-        FeatureSpec.model_validate({"name": "f0", "source": "x", "ops": [{"op": "standardize"}]}),
+        FeatureSpec.model_validate({"name": "f0", "source": "x", "ops": f0_ops}),
         FeatureSpec.model_validate({"name": "f1", "source": "y"}),
         FeatureSpec.model_validate({"name": "f2", "source": "z"}),
     ]
     fitted = FittedTransforms(
         ["x", "y", "z"], features, {"f0": {"mean": 1.5, "std": 2.0, "count": 1.0}}
     )
-    pairwise = {"kind": "points", "coordinates": ["f0", "f1"], "embed": [8]}
+    pairwise: dict[str, Any] = {"kind": "points", "coordinates": ["f0", "f1"], "embed": [8]}
+    if kind == "jet":  # every ParT feature, ln m^2 (sinh, sin) included
+        pairwise = {"kind": "jet", "pt": "f0", "rapidity": "f1", "phi": "f2", "embed": [8]}
     encoder = dict(ENCODERS["set_transformer"], pairwise=pairwise | {"max_set_size": max_set_size})
     spec = {"task": "classify", "num_classes": 3, "encoder": encoder, "head": {"hidden": [8]}}
     torch.manual_seed(0)
@@ -212,6 +216,14 @@ def test_pairwise_set_transformer_round_trips(tmp_path: Path) -> None:
     back through the fitted transforms (here a standardized coordinate)."""
     model = pairwise_model()
     assert_equals_pytorch(model, export(model, "onnx", tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch-export"])
+def test_jet_pairwise_set_transformer_round_trips(fmt: str, tmp_path: Path) -> None:
+    """ParT's jet features, computed in float64 as PyTorch does, run in onnxruntime (whose
+    CPU kernels lack some float64 ops) and in torch.export."""
+    model = pairwise_model(kind="jet")
+    assert_equals_pytorch(model, export(model, fmt, tmp_path))
 
 
 def test_exported_pairwise_model_refuses_sets_above_its_max_set_size(tmp_path: Path) -> None:
@@ -305,3 +317,26 @@ def test_several_heads_round_trip_one_output_per_head(
             for name, value in out.items():
                 assert value.shape == ref[name].shape, (name, sizes)
                 assert relative(value, ref[name]) <= 1e-5, (name, sizes, relative(value, ref[name]))
+
+
+def test_onnx_sinh_in_float64_equals_numpy(tmp_path: Path) -> None:
+    """onnxruntime has no float64 Sinh kernel; the exporter writes sinh from Exp, with the
+    Taylor series near 0 where e^x - e^-x cancels: float64-exact on both sides of 1e-2."""
+    import onnxruntime as ort
+    from torch.export import Dim
+
+    from setpipe.export.exporter import _export
+
+    class Sinh(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sinh(x)
+
+    x = np.concatenate([np.logspace(-9, 1.3, 400), [0.0, 9.99e-3, 1e-2, 1.001e-2]])
+    x = np.concatenate([x, -x])
+    path = tmp_path / "sinh.onnx"
+    example = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    _export(Sinh(), (example,), ({0: Dim("n")},), path, "onnx", ["x"], ["y"])
+    (out,) = ort.InferenceSession(str(path)).run(None, {"x": x})
+    assert out.dtype == np.float64
+    rel = np.abs(out - np.sinh(x)) / np.maximum(np.abs(np.sinh(x)), 1e-300)
+    assert rel.max() <= 1e-14, (x[rel.argmax()], rel.max())
