@@ -18,9 +18,14 @@ the same files and the same columns, in one run:
 - the baseline: a torch ``DataLoader`` over pyarrow rows (``to_pylist``) with a per-row
   Python collate padding each batch to its largest set (time-bounded: it is slow).
 
-Peak RSS is the sum of the driver's and every descendant process's RSS (Ray workers,
-raylet, GCS), sampled every 0.1 s while setpipe reads; shared pages of the object store
-are counted in each process that maps them, so the sum is an upper bound.
+Memory is measured in passes of its own after the timed rounds (reading /proc/PID/smaps
+of a dozen processes every 0.2 s would slow the timed ones), over the first 4/11 of the
+files (400 of 1100 MB) and over all of them, so one run says whether the peak grows with the data:
+peak PSS (proportional set size: a page shared by k processes counts 1/k in each, so the
+object store's pages count once) summed over the driver and every descendant process (Ray
+workers, raylet, GCS); where the kernel gives no PSS, RSS stands in (the RESULT says
+``memory=rss``). The sum of RSS, the figure before, counts each shared page in every
+process that maps it: an upper bound, reported beside it.
 
     python bench/data_throughput.py [--quick] [--data-dir DIR] [--size-mb MB] [--source s3]
 
@@ -32,7 +37,9 @@ median of their rate ratios.
 
 RESULT vs_limit=<setpipe/limit> vs_limit_steady=<after the first batch>
 vs_baseline=<setpipe/baseline> elements_per_s=<setpipe>
-peak_rss_mb=<driver + Ray processes while setpipe reads> [s3_vs_local=<s3/local setpipe>]
+peak_pss_mb=<driver + Ray processes, all files> peak_pss_small_mb=<the same, 4/11 of the data>
+data_mb=<all> small_mb=<prefix> peak_rss_sum_mb=<the upper bound, all files>
+memory=<pss|rss> [s3_vs_local=<s3/local setpipe>]
 (vs_limit counts the first whole pass, Ray's start-up included; vs_limit_steady the
 elements delivered after the first batch over the time after it, against the limit
 measured just before, the median over --repeats rounds.)
@@ -88,28 +95,43 @@ def ensure_data(directory: Path, size_mb: int) -> list[Path]:
     return taken
 
 
-class PeakRSS:
-    """Peak of (this process + all descendants) RSS, sampled in a thread."""
+def pss_available() -> bool:
+    """Whether the kernel reports PSS (``/proc/PID/smaps_rollup`` or ``smaps``)."""
+    try:
+        return psutil.Process().memory_full_info().pss > 0
+    except (psutil.Error, AttributeError, OSError):
+        return False
 
-    def __init__(self, interval: float = 0.1) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+class PeakMemory:
+    """Peaks of (this process + all descendants) summed PSS and summed RSS, sampled in a
+    thread; with ``pss=False`` (no PSS from the kernel) RSS stands in for PSS."""
+
+    def __init__(self, interval: float = 0.2, *, pss: bool = True) -> None:
+        self.interval, self.pss = interval, pss
+        self.peak, self.peak_rss, self._stop = 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
         me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
+        pss = rss = 0
+        for proc in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):  # a worker that just exited
-                total += child.memory_info().rss
-        return total
+                if self.pss:
+                    info = proc.memory_full_info()
+                    pss, rss = pss + info.pss, rss + info.rss
+                else:
+                    rss += proc.memory_info().rss
+        return (pss if self.pss else rss), rss
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            pss, rss = self._sample()
+            self.peak, self.peak_rss = max(self.peak, pss), max(self.peak_rss, rss)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> PeakRSS:
-        self.peak = self._sample()
+    def __enter__(self) -> PeakMemory:
+        self.peak, self.peak_rss = self._sample()
         self._thread.start()
         return self
 
@@ -266,16 +288,14 @@ def main() -> None:
     # Limit and setpipe passes alternate, and each steady ratio pairs the two of one round:
     # load on these machines drifts by 2x within a minute. The RESULT's vs_limit_steady is
     # the median over rounds; vs_limit and elements_per_s are the first (cold) pass's.
-    steady_ratios, peaks, s3_ratios = [], [], []
+    steady_ratios, s3_ratios = [], []
     for round_ in range(args.repeats):
         lim_s, lim_sets, lim_el = limit(files)
         lim_rate = lim_el / lim_s
-        with PeakRSS() as rss:
-            sp_s, sp_first, sp_sets, sp_el, sp_batches = setpipe_pass(files)
+        sp_s, sp_first, sp_sets, sp_el, sp_batches = setpipe_pass(files)
         assert (sp_sets, sp_el) == (lim_sets, lim_el), "setpipe delivered other sets than the files"
         steady = sp_el / (sp_s - sp_first)
         steady_ratios.append(steady / lim_rate)
-        peaks.append(rss.peak)
         print(
             f"round {round_ + 1}: limit {lim_rate / 1e6:6.2f} M el/s; setpipe {sp_el / 1e6:.1f} M "
             f"elements in {sp_s:5.2f} s = {sp_el / sp_s / 1e6:5.2f} M el/s ({sp_sets / sp_s:,.0f} "
@@ -294,9 +314,22 @@ def main() -> None:
                 f"  s3: {s3_el / s3_s / 1e6:5.2f} M el/s, local again {s3_el / local_s / 1e6:5.2f}"
                 f" M el/s: s3 = {s3_ratios[-1]:.3f} of local"
             )
+    # Memory: untimed passes over a ~400 MB prefix and over everything (flat or not).
+    pss = pss_available()
+    small = ensure_data(args.data_dir / "jets", size_mb * 4 // 11)  # 400 of 1100 MB
+    small_mb = sum(f.stat().st_size for f in small) / 1e6
+    memory = {}
+    for name, part in (("small", small), ("all", files)):
+        with PeakMemory(pss=pss) as mem:
+            setpipe_pass(part)
+        memory[name] = mem
+    kind = "PSS" if pss else "RSS (no PSS from this kernel)"
     print(
-        f"  peak RSS driver + Ray processes: {max(peaks) / 2**20:,.0f} MB "
-        f"(object store {args.object_store_mb} MB, data {on_disk:.0f} MB)"
+        f"  peak {kind} of driver + Ray processes: {memory['small'].peak / 2**20:,.0f} MB at "
+        f"{small_mb:.0f} MB of data, {memory['all'].peak / 2**20:,.0f} MB at {on_disk:.0f} MB "
+        f"(object store {args.object_store_mb} MB); sum of RSS (shared pages counted in each "
+        f"process): {memory['small'].peak_rss / 2**20:,.0f} / "
+        f"{memory['all'].peak_rss / 2**20:,.0f} MB"
     )
 
     base_s, base_sets, base_el = baseline(files, baseline_s)
@@ -315,7 +348,10 @@ def main() -> None:
         f"vs_limit_steady={statistics.median(steady_ratios):.3f} "
         f"vs_baseline={sp_rate / base_rate:.2f} "
         f"elements_per_s={sp_rate:.0f} sets_per_s={sets_rate:.0f} "
-        f"peak_rss_mb={max(peaks) / 2**20:.0f} rounds={args.repeats}{s3_figure}"
+        f"peak_pss_mb={memory['all'].peak / 2**20:.0f} "
+        f"peak_pss_small_mb={memory['small'].peak / 2**20:.0f} data_mb={on_disk:.0f} "
+        f"small_mb={small_mb:.0f} peak_rss_sum_mb={memory['all'].peak_rss / 2**20:.0f} "
+        f"memory={'pss' if pss else 'rss'} rounds={args.repeats}{s3_figure}"
     )
 
 
