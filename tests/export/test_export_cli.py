@@ -67,6 +67,20 @@ def _raw(sizes: list[int], seed: int = 0) -> SetBatch:
     return SetBatch.from_sets(sets, context=torch.rand(len(sizes), 1, generator=g) * 500)
 
 
+def _register(job, workdir: Path) -> tuple[str, str]:  # job: JobSpec
+    """Log an untrained (seed 0) model of ``job`` with transforms fitted on a small batch and
+    register it through the gate (version 1 becomes champion): (the store's URI, run id)."""
+    sample = _raw([5, 1, 12, 3])
+    transforms = fit_on_batches(FittedTransforms.from_spec(job.data), [sample])
+    torch.manual_seed(0)
+    state = build_model(job.model, 3, 1).state_dict()
+    run_id = open_run(job)
+    uri = log_model(run_id, job, state, transforms, [{"epoch": 0, "train_loss": 1.0}], sample)
+    close_run(run_id, "FINISHED")
+    register_and_gate(job, run_id, uri, 0.7)
+    return f"sqlite:///{workdir.resolve() / 'mlflow.db'}", run_id
+
+
 def test_export_command_writes_logs_and_refuses_to_overwrite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -74,15 +88,7 @@ def test_export_command_writes_logs_and_refuses_to_overwrite(
     workdir = tmp_path / "work"
     workdir.mkdir()
     job = _job(workdir)
-    store = f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
-    raw = _raw([5, 1, 12, 3])
-    transforms = fit_on_batches(FittedTransforms.from_spec(job.data), [raw])
-    torch.manual_seed(0)
-    state = build_model(job.model, 3, 1).state_dict()
-    run_id = open_run(job)
-    uri = log_model(run_id, job, state, transforms, [{"epoch": 0, "train_loss": 1.0}], raw)
-    close_run(run_id, "FINISHED")
-    register_and_gate(job, run_id, uri, 0.7)
+    store, run_id = _register(job, workdir)
 
     out = tmp_path / "exported"
     argv = ["export", "models:/t-export@champion", "--format", "onnx", "--out", str(out)]
@@ -199,16 +205,7 @@ def test_several_heads_export_logs_per_head_parity_and_serve_onnx_answers_as_tor
          "hidden": [8]},
     ]  # fmt: skip
     raw["tracking"] = {"metric": "val_cls_auc", "direction": "maximize"}
-    job = job_from_dict(raw)
-    store = f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
-    sample = _raw([5, 1, 12, 3])
-    transforms = fit_on_batches(FittedTransforms.from_spec(job.data), [sample])
-    torch.manual_seed(0)
-    state = build_model(job.model, 3, 1).state_dict()
-    run_id = open_run(job)
-    uri = log_model(run_id, job, state, transforms, [{"epoch": 0, "train_loss": 1.0}], sample)
-    close_run(run_id, "FINISHED")
-    register_and_gate(job, run_id, uri, 0.7)
+    store, run_id = _register(job_from_dict(raw), workdir)
 
     summary = export_model(
         "models:/t-heads/1", "onnx", tmp_path / "out", tracking_uri=store,
