@@ -149,33 +149,36 @@ def plan_ports(low: int, high: int, *, replicas: int, http_port: int) -> RayPort
     )
 
 
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on ``host:port`` now (None: it could)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As servers bind: a port whose last connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            return err
+    return None
+
+
 def check_ports_free(ports: RayPorts) -> None:
     """Refuse, naming it, a pinned port something on this machine already listens on."""
     for role, port in ports.fixed().items():
-        with socket.socket() as sock:
-            # As servers bind: a port whose last connections linger in TIME_WAIT is free.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((_compat.LOOPBACK, port))
-            except OSError as err:
-                raise ServeError(
-                    f"--ray-port-range: port {port} ({role}) is not free ({err.strerror}); "
-                    "give each server on this machine its own range"
-                ) from None
+        if (err := _bind_error(_compat.LOOPBACK, port)) is not None:
+            raise ServeError(
+                f"--ray-port-range: port {port} ({role}) is not free ({err.strerror}); "
+                "give each server on this machine its own range"
+            )
 
 
 def check_http_port_free(host: str, port: int) -> None:
     """Refuse, naming it, a ``--port`` that ``host`` cannot listen on: before Ray starts, so
     the user reads one line instead of HAProxy's crash log inside Ray's traceback."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            raise ServeError(
-                f"--port {port}: cannot listen on {host}:{port} ({err.strerror or err}); "
-                "pick a free port, or stop the server that holds it"
-            ) from None
+    if (err := _bind_error(host, port)) is not None:
+        raise ServeError(
+            f"--port {port}: cannot listen on {host}:{port} ({err.strerror or err}); "
+            "pick a free port, or stop the server that holds it"
+        )
 
 
 def local_ray_environment(
